@@ -1,0 +1,73 @@
+"""The params pytree: a list of `Layer(w, b)`, and network.py's initialisations."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from functional_bp._validation import check_float_dtype
+
+Array = jax.Array
+
+INITS = ("normal", "scaled_normal")
+
+
+class Layer(NamedTuple):
+    """The weights and biases of layer l.
+
+    Attributes:
+      w: shape (n_out, n_in); ``w[j, k]`` is the weight from neuron k of layer l-1 to
+        neuron j of layer l (the w_jk of the 001 notes).
+      b: shape (n_out,); ``b[j]`` is the bias of neuron j of layer l.
+    """
+
+    w: Array
+    b: Array
+
+
+Params = Sequence[Layer]
+
+
+def init_mlp(
+    key: Array,
+    sizes: Sequence[int],
+    *,
+    init: str = "normal",
+    dtype=jnp.float32,
+) -> list[Layer]:
+    """Random params for a fully connected network with layer sizes ``sizes``.
+
+    Args:
+      key: a `jax.random` key.
+      sizes: neurons per layer, input first: ``[784, 30, 10]`` has two `Layer`s.
+      init: ``"normal"``: network.py's N(0, 1) for weights and biases;
+        ``"scaled_normal"``: network2.py's weights N(0, 1/n_in), biases N(0, 1).
+      dtype: a floating dtype.
+
+    Returns:
+      A list of ``len(sizes) - 1`` `Layer`s.
+    """
+    sizes = list(sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"Expected at least two layer sizes (input and output), got {sizes}")
+    for i, n in enumerate(sizes):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"Expected sizes[{i}] to be a positive int, got {n!r}")
+    if init not in INITS:
+        raise ValueError(f"Unknown init {init!r}; expected one of {list(INITS)}")
+    check_float_dtype(dtype, "dtype")
+    params = []
+    for n_in, n_out, layer_key in zip(sizes[:-1], sizes[1:], jax.random.split(key, len(sizes) - 1)):
+        w_key, b_key = jax.random.split(layer_key)
+        w = jax.random.normal(w_key, (n_out, n_in), dtype)
+        if init == "scaled_normal":
+            w = w / jnp.sqrt(jnp.asarray(n_in, dtype))
+        params.append(Layer(w, jax.random.normal(b_key, (n_out,), dtype)))
+    return params
+
+
+def layer_sizes(params: Params) -> list[int]:
+    """The ``sizes`` list that `init_mlp` would take for these params."""
+    return [params[0].w.shape[1]] + [layer.w.shape[0] for layer in params]
