@@ -2,7 +2,7 @@
 equation, and proven against jax.grad."""
 
 from functional_bp.activations import ACTIVATIONS, Activation
-from functional_bp.backprop import (
+from functional_bp.backward import (
     backprop,
     error_terms,
     grad,
@@ -10,8 +10,10 @@ from functional_bp.backprop import (
     per_example_grads,
     value_and_grad,
 )
+from functional_bp.chain_rule import chain_rule_gradients
 from functional_bp.costs import COSTS, Cost
 from functional_bp.forward import Cache, feedforward, forward
+from functional_bp.gradcheck import GradCheck, LeafCheck, check_gradients
 from functional_bp.params import Layer, init_mlp, layer_sizes
 
 __all__ = [
@@ -20,8 +22,12 @@ __all__ = [
     "Activation",
     "Cache",
     "Cost",
+    "GradCheck",
+    "LeafCheck",
     "Layer",
     "backprop",
+    "chain_rule_gradients",
+    "check_gradients",
     "error_terms",
     "feedforward",
     "forward",

@@ -1,0 +1,29 @@
+# Two commands for a newcomer: `make demo` runs the main job, `make test` the tests.
+# Both create .venv and install what they need on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/python -m functional_bp demo
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python scripts/bench.py
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check functional_bp tests scripts
+	$(BIN)/ruff format --check functional_bp tests scripts
+
+clean:
+	rm -rf $(VENV) results
