@@ -127,4 +127,5 @@ def test_extreme_pre_activations_stay_finite():
             value, grads = fbp.value_and_grad(params, xs, ys, **opts)
             assert np.isfinite(value), (activation, cost)
             assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads)), (activation, cost)
-            assert np.all(np.isfinite(fbp.feedforward(params, xs, **opts)))
+            out_act = dict(activation=activation, output_activation=out)
+            assert np.all(np.isfinite(fbp.feedforward(params, xs, **out_act)))
