@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional
 
-import jax.numpy as jnp
-
 from functional_bp._validation import check_data, check_params
 from functional_bp.activations import Activation, get_activation
 from functional_bp.costs import Cost, check_compatible, get_cost
@@ -31,6 +29,9 @@ def resolve(
     return Options(hidden, output, cost_)
 
 
+STATIC = ("activation", "output_activation", "cost")
+
+
 def prepare(
     params: Any,
     x: Any,
@@ -40,11 +41,14 @@ def prepare(
     cost: str | Cost,
     *,
     batched: Optional[bool],
-) -> tuple[Options, Any, Any]:
-    """Checks everything a public function was given; returns (options, x, y) as arrays."""
+) -> Options:
+    """Checks everything a public function was given and resolves its options.
+
+    Called at trace time inside the jitted public functions: it runs once per new
+    combination of shapes, dtypes and options, before any maths, and costs nothing on
+    later calls.
+    """
     opts = resolve(activation, output_activation, cost)
     sizes = check_params(params)
-    x = jnp.asarray(x)
-    y = None if y is None else jnp.asarray(y)
     check_data(sizes, x, y, batched=batched)
-    return opts, x, y
+    return opts

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -79,6 +78,8 @@ def check_data(sizes: list[int], x: Any, y: Any | None, *, batched: bool | None)
     """
     n_in, n_out = sizes[0], sizes[-1]
     shapes = {True: f"(batch, {n_in})", False: f"({n_in},)", None: f"({n_in},) or (batch, {n_in})"}
+    if not hasattr(x, "shape"):
+        raise TypeError(f"Expected x to be an array, got {type(x).__name__} instead")
     x_shape = np.shape(x)
     ranks = {True: (2,), False: (1,), None: (1, 2)}[batched]
     if len(x_shape) not in ranks or x_shape[-1] != n_in:
@@ -89,6 +90,8 @@ def check_data(sizes: list[int], x: Any, y: Any | None, *, batched: bool | None)
     check_float_dtype(jnp.result_type(x), "x")
     if y is None:
         return
+    if not hasattr(y, "shape"):
+        raise TypeError(f"Expected y to be an array, got {type(y).__name__} instead")
     y_shape = np.shape(y)
     expected = x_shape[:-1] + (n_out,)
     if y_shape != expected:

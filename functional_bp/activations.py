@@ -7,7 +7,8 @@ carries both, so the equation code never differentiates anything itself.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,9 +54,7 @@ TANH = Activation(jnp.tanh, lambda a: 1 - a * a, True, "tanh")
 RELU = Activation(jax.nn.relu, lambda a: (a > 0).astype(a.dtype), True, "relu")
 IDENTITY = Activation(lambda z: z, jnp.ones_like, False, "identity")
 
-ACTIVATIONS: dict[str, Activation] = {
-    act.name: act for act in (SIGMOID, TANH, RELU, IDENTITY)
-}
+ACTIVATIONS: dict[str, Activation] = {act.name: act for act in (SIGMOID, TANH, RELU, IDENTITY)}
 
 
 def get_activation(activation: str | Activation) -> Activation:

@@ -14,7 +14,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from functional_bp._options import Options, prepare
+from functional_bp._options import STATIC, Options, prepare
 from functional_bp.activations import SIGMOID, Activation
 from functional_bp.costs import Cost
 from functional_bp.forward import Cache, forward_any, forward_one, layer_activation
@@ -108,43 +108,9 @@ def _mean_value_and_grad(params: Params, xs: Array, ys: Array, opts: Options):
     deltas = jax.vmap(lambda c, y: error_terms_from_cache(params, c, y, opts))(cache, ys)
     batch_size = xs.shape[0]
     grads = [
-        Layer(g.w / batch_size, g.b / batch_size)
-        for g in gradients_from_error_terms(deltas, cache)
+        Layer(g.w / batch_size, g.b / batch_size) for g in gradients_from_error_terms(deltas, cache)
     ]
     return jnp.mean(_example_costs(opts, cache, ys)), grads
-
-
-@functools.partial(jax.jit, static_argnames="opts")
-def _error_terms(params, x, y, opts):
-    cache = forward_one(params, x, opts)
-    return error_terms_from_cache(params, cache, y.astype(cache.activations[-1].dtype), opts)
-
-
-@functools.partial(jax.jit, static_argnames="opts")
-def _backprop(params, x, y, opts):
-    return _backprop_one(params, x, y, opts)[1]
-
-
-@functools.partial(jax.jit, static_argnames="opts")
-def _per_example_grads(params, xs, ys, opts):
-    return jax.vmap(lambda x, y: _backprop_one(params, x, y, opts)[1])(xs, ys)
-
-
-@functools.partial(jax.jit, static_argnames="opts")
-def _value_and_grad(params, xs, ys, opts):
-    return _mean_value_and_grad(params, xs, ys, opts)
-
-
-@functools.partial(jax.jit, static_argnames="opts")
-def _grad(params, xs, ys, opts):
-    return _mean_value_and_grad(params, xs, ys, opts)[1]
-
-
-@functools.partial(jax.jit, static_argnames="opts")
-def _loss(params, xs, ys, opts):
-    cache = forward_any(params, xs, opts)
-    ys = ys.astype(cache.activations[-1].dtype)
-    return jnp.mean(_example_costs(opts, cache, ys))
 
 
 _OPTIONS_DOC = """
@@ -160,6 +126,7 @@ def _with_options_doc(fn):
     return fn
 
 
+@functools.partial(jax.jit, static_argnames=STATIC)
 @_with_options_doc
 def error_terms(
     params: Params,
@@ -187,10 +154,12 @@ def error_terms(
     Returns:
       ``[delta^1, ..., delta^L]``, delta^l of shape (n_l,).
     """
-    opts, x, y = prepare(params, x, y, activation, output_activation, cost, batched=False)
-    return _error_terms(params, x, y, opts)
+    opts = prepare(params, x, y, activation, output_activation, cost, batched=False)
+    cache = forward_one(params, x, opts)
+    return error_terms_from_cache(params, cache, y.astype(cache.activations[-1].dtype), opts)
 
 
+@functools.partial(jax.jit, static_argnames=STATIC)
 @_with_options_doc
 def backprop(
     params: Params,
@@ -215,10 +184,11 @@ def backprop(
     Returns:
       A list of `Layer(dC/dw, dC/db)`, the structure of ``params``.
     """
-    opts, x, y = prepare(params, x, y, activation, output_activation, cost, batched=False)
-    return _backprop(params, x, y, opts)
+    opts = prepare(params, x, y, activation, output_activation, cost, batched=False)
+    return _backprop_one(params, x, y, opts)[1]
 
 
+@functools.partial(jax.jit, static_argnames=STATIC)
 @_with_options_doc
 def per_example_grads(
     params: Params,
@@ -240,10 +210,11 @@ def per_example_grads(
     Returns:
       A list of `Layer`; every leaf has a leading batch axis: w is (batch, n_out, n_in).
     """
-    opts, xs, ys = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    return _per_example_grads(params, xs, ys, opts)
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    return jax.vmap(lambda x, y: _backprop_one(params, x, y, opts)[1])(xs, ys)
 
 
+@functools.partial(jax.jit, static_argnames=STATIC)
 @_with_options_doc
 def value_and_grad(
     params: Params,
@@ -265,10 +236,11 @@ def value_and_grad(
     Returns:
       The mean cost and the mean of the per-example gradients.
     """
-    opts, xs, ys = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    return _value_and_grad(params, xs, ys, opts)
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    return _mean_value_and_grad(params, xs, ys, opts)
 
 
+@functools.partial(jax.jit, static_argnames=STATIC)
 @_with_options_doc
 def grad(
     params: Params,
@@ -294,10 +266,11 @@ def grad(
     Returns:
       A list of `Layer`, the structure of ``params``.
     """
-    opts, xs, ys = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    return _grad(params, xs, ys, opts)
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    return _mean_value_and_grad(params, xs, ys, opts)[1]
 
 
+@functools.partial(jax.jit, static_argnames=STATIC)
 @_with_options_doc
 def loss(
     params: Params,
@@ -317,5 +290,6 @@ def loss(
       ys: shape (batch, n_out).
       {options}
     """
-    opts, xs, ys = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    return _loss(params, xs, ys, opts)
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    cache = forward_any(params, xs, opts)
+    return jnp.mean(_example_costs(opts, cache, ys.astype(cache.activations[-1].dtype)))

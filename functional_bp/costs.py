@@ -6,7 +6,8 @@ turns it into the output error delta^L = dC/da^L * sigma'(z^L) (eqs 90-91).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp

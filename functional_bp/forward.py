@@ -54,17 +54,7 @@ def forward_any(params: Params, x: Array, opts: Options) -> Cache:
     return forward_one(params, x, opts)
 
 
-@functools.partial(jax.jit, static_argnames="opts")
-def _forward(params: Params, x: Array, opts: Options) -> tuple[Array, Cache]:
-    cache = forward_any(params, x, opts)
-    return cache.activations[-1], cache
-
-
-@functools.partial(jax.jit, static_argnames="opts")
-def _feedforward(params: Params, x: Array, opts: Options) -> Array:
-    return forward_any(params, x, opts).activations[-1]
-
-
+@functools.partial(jax.jit, static_argnames=("activation", "output_activation"))
 def forward(
     params: Params,
     x: Array,
@@ -83,10 +73,12 @@ def forward(
     Returns:
       ``(a_L, cache)``; with a batch, every array has a leading batch axis.
     """
-    opts, x, _ = prepare(params, x, None, activation, output_activation, "quadratic", batched=None)
-    return _forward(params, x, opts)
+    opts = prepare(params, x, None, activation, output_activation, "quadratic", batched=None)
+    cache = forward_any(params, x, opts)
+    return cache.activations[-1], cache
 
 
+@functools.partial(jax.jit, static_argnames=("activation", "output_activation"))
 def feedforward(
     params: Params,
     x: Array,
@@ -95,5 +87,5 @@ def feedforward(
     output_activation: Optional[str | Activation] = None,
 ) -> Array:
     """network.py's ``feedforward``: the output a^L for x of shape (n_in,) or (batch, n_in)."""
-    opts, x, _ = prepare(params, x, None, activation, output_activation, "quadratic", batched=None)
-    return _feedforward(params, x, opts)
+    opts = prepare(params, x, None, activation, output_activation, "quadratic", batched=None)
+    return forward_any(params, x, opts).activations[-1]

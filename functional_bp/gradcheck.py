@@ -13,7 +13,7 @@ from jax.flatten_util import ravel_pytree
 
 from functional_bp._options import prepare
 from functional_bp.activations import Activation
-from functional_bp.backward import _grad, _loss
+from functional_bp.backward import grad, loss
 from functional_bp.costs import Cost
 from functional_bp.params import Layer, Params
 
@@ -95,13 +95,15 @@ class GradCheck:
         return "\n".join(lines)
 
 
-@functools.partial(jax.jit, static_argnames="opts")
-def _check(params, xs, ys, opts, flat_indices, step):
+@functools.partial(jax.jit, static_argnames="options")
+def _check(params, xs, ys, options, flat_indices, step):
     """Manual grad, jax.grad, and central differences at ``flat_indices`` of the ravelled
     params, in one compiled program."""
 
+    options = dict(options)
+
     def loss_fn(p):
-        return _loss(p, xs, ys, opts)
+        return loss(p, xs, ys, **options)
 
     theta, unravel = ravel_pytree(params)
 
@@ -112,7 +114,7 @@ def _check(params, xs, ys, opts, flat_indices, step):
         return (up - down) / (2 * h)
 
     fd = jax.lax.map(central_difference, flat_indices)
-    return _grad(params, xs, ys, opts), jax.grad(loss_fn)(params), fd, loss_fn(params)
+    return grad(params, xs, ys, **options), jax.grad(loss_fn)(params), fd, loss_fn(params)
 
 
 def check_gradients(
@@ -146,7 +148,8 @@ def check_gradients(
     Returns:
       A `GradCheck`; ``str()`` of it is a table, ``.ok`` says whether every leaf passed.
     """
-    opts, xs, ys = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    options = (("activation", activation), ("output_activation", output_activation), ("cost", cost))
     if fd_entries < 1:
         raise ValueError(f"Expected fd_entries >= 1, got {fd_entries} instead")
     params = list(params)
@@ -160,12 +163,14 @@ def check_gradients(
     rng = np.random.default_rng(seed)
     sizes = [int(np.size(value)) for value in jax.tree.leaves(params)]
     indices = [
-        np.arange(size) if size <= fd_entries else np.sort(rng.choice(size, fd_entries, replace=False))
+        np.arange(size)
+        if size <= fd_entries
+        else np.sort(rng.choice(size, fd_entries, replace=False))
         for size in sizes
     ]
     offsets = np.cumsum([0] + sizes)[:-1]
     flat_indices = np.concatenate([i + o for i, o in zip(indices, offsets)])
-    manual, autodiff, fd, loss_value = _check(params, xs, ys, opts, flat_indices, step)
+    manual, autodiff, fd, loss_value = _check(params, xs, ys, options, flat_indices, step)
     fd = np.split(np.asarray(fd), np.cumsum([len(i) for i in indices])[:-1])
     loss_value = float(loss_value)
     fd_noise = 10 * eps * max(abs(loss_value), 1.0) / step
@@ -182,8 +187,15 @@ def check_gradients(
             ok = ad_abs <= rtol_ad * scale and fd_abs <= rtol_fd * scale + fd_noise
             rows.append(
                 LeafCheck(
-                    layer + 1, name, m.shape, ad_abs, ad_abs / scale,
-                    fd_abs, fd_abs / scale, len(entries), bool(ok),
+                    layer + 1,
+                    name,
+                    m.shape,
+                    ad_abs,
+                    ad_abs / scale,
+                    fd_abs,
+                    fd_abs / scale,
+                    len(entries),
+                    bool(ok),
                 )
             )
     return GradCheck(tuple(rows), str(dtype), rtol_ad, rtol_fd, step, loss_value)

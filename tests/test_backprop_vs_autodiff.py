@@ -58,7 +58,11 @@ def test_float64_every_path_equals_jax_grad(activation, cost):
 
         expected = _autodiff_per_example(params, xs, ys, opts)
         assert_tree_close(per_example, expected, 1e-10)
-        assert_tree_close(fbp.backprop(params, xs[0], ys[0], **opts), jax.tree.map(lambda g: g[0], expected), 1e-10)
+        assert_tree_close(
+            fbp.backprop(params, xs[0], ys[0], **opts),
+            jax.tree.map(lambda g: g[0], expected),
+            1e-10,
+        )
 
 
 @pytest.mark.parametrize("activation,cost", COMBOS)
@@ -107,7 +111,9 @@ def test_inside_callers_jit_and_vmap():
 
     stepped = user_step(params, xs, ys)
     expected_grads = jax.grad(lambda p: fbp.loss(p, xs, ys, activation="tanh"))(params)
-    assert_tree_close(stepped, jax.tree.map(lambda w, g: w - 0.1 * g, params, expected_grads), 1e-10)
+    assert_tree_close(
+        stepped, jax.tree.map(lambda w, g: w - 0.1 * g, params, expected_grads), 1e-10
+    )
 
     vmapped = jax.jit(jax.vmap(lambda x, y: fbp.backprop(params, x, y)))(xs, ys)
     assert_tree_close(vmapped, fbp.per_example_grads(params, xs, ys), 1e-12)
@@ -135,7 +141,7 @@ def test_error_terms_are_dC_dz():
 
     def cost_with_shifts(shifts):
         a = x
-        for l, (layer, shift) in enumerate(zip(params, shifts), start=1):
+        for layer, shift in zip(params, shifts):
             z = layer.w @ a + layer.b + shift
             a = jnp.tanh(z)
         return 0.5 * jnp.sum((a - y) ** 2)

@@ -51,8 +51,9 @@ def test_chain_rule_float32():
     got = fbp.chain_rule_gradients(ws, jnp.float32(0.3), jnp.float32(0.9))
     assert got.dtype == jnp.float32
     params = [fbp.Layer(w.reshape(1, 1), jnp.zeros(1, jnp.float32)) for w in ws]
-    manual = fbp.backprop(params, jnp.array([0.3], jnp.float32), jnp.array([0.9], jnp.float32),
-                          cost="squared_error")
+    manual = fbp.backprop(
+        params, jnp.array([0.3], jnp.float32), jnp.array([0.9], jnp.float32), cost="squared_error"
+    )
     np.testing.assert_allclose(got, [g.w[0, 0] for g in manual], rtol=1e-5)
 
 

@@ -21,29 +21,56 @@ X, Y = jnp.ones((5, 3)), jnp.ones((5, 2))
 @pytest.mark.parametrize(
     "params,xs,ys,error,match",
     [
-        (_chain((4, 3), (2, 5)), X, Y, ValueError,
-         r"layer 2 \(params\[1\]\) w has shape \(2, 5\).*layer 1 has 4 neurons"),
-        ([fbp.Layer(jnp.ones((4, 3)), jnp.ones(3))], X, jnp.ones((5, 4)), ValueError,
-         r"layer 1 \(params\[0\]\) b to have shape \(4,\).*got \(3,\)"),
+        (
+            _chain((4, 3), (2, 5)),
+            X,
+            Y,
+            ValueError,
+            r"layer 2 \(params\[1\]\) w has shape \(2, 5\).*layer 1 has 4 neurons",
+        ),
+        (
+            [fbp.Layer(jnp.ones((4, 3)), jnp.ones(3))],
+            X,
+            jnp.ones((5, 4)),
+            ValueError,
+            r"layer 1 \(params\[0\]\) b to have shape \(4,\).*got \(3,\)",
+        ),
         ([fbp.Layer(jnp.ones(4), jnp.ones(4))], X, Y, ValueError, r"layer 1.*rank 2"),
-        (GOOD, jnp.ones((5, 7)), Y, ValueError, r"x to have shape \(batch, 3\).*sizes \[3, 4, 2\].*\(5, 7\)"),
+        (
+            GOOD,
+            jnp.ones((5, 7)),
+            Y,
+            ValueError,
+            r"x to have shape \(batch, 3\).*sizes \[3, 4, 2\].*\(5, 7\)",
+        ),
         (GOOD, X, jnp.ones((5, 3)), ValueError, r"y to have shape \(5, 2\).*got \(5, 3\)"),
         (GOOD, X, jnp.ones((4, 2)), ValueError, r"y to have shape \(5, 2\)"),
         (GOOD, jnp.ones(3), jnp.ones(2), ValueError, r"x to have shape \(batch, 3\)"),
-        (_chain((4, 3), (2, 4), dtype=jnp.int32), X, Y, TypeError, r"layer 1 \(params\[0\]\) w.*int32"),
+        (
+            _chain((4, 3), (2, 4), dtype=jnp.int32),
+            X,
+            Y,
+            TypeError,
+            r"layer 1 \(params\[0\]\) w.*int32",
+        ),
         (_chain((4, 3), (2, 4), dtype=jnp.complex64), X, Y, TypeError, r"layer 1.*complex64"),
         (GOOD, X.astype(jnp.int32), Y, TypeError, r"x to have a real floating dtype.*int32"),
         (GOOD, X, Y.astype(jnp.complex64), TypeError, r"y to have a real floating dtype"),
         ([], X, Y, TypeError, r"non-empty list of Layer"),
-        ([GOOD[0], fbp.Layer(jnp.ones((2, 4), jnp.float64), jnp.ones(2, jnp.float64))], X, Y,
-         TypeError, r"share one dtype: layer 2"),
+        (
+            [GOOD[0], fbp.Layer(jnp.ones((2, 4), jnp.float64), jnp.ones(2, jnp.float64))],
+            X,
+            Y,
+            TypeError,
+            r"share one dtype: layer 2",
+        ),
     ],
 )
 def test_bad_input_raises_before_computation(params, xs, ys, error, match, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("computation started before validation")
 
-    monkeypatch.setattr(backward, "_grad", must_not_run)
+    monkeypatch.setattr(backward, "forward_any", must_not_run)
     with pytest.raises(error, match=match):
         fbp.grad(params, xs, ys)
 
@@ -95,10 +122,10 @@ def test_init_mlp_checks_and_shapes(key):
 def test_second_call_does_not_compile_again():
     params, xs, ys = random_problem(0, sizes=[6, 5, 3], batch=4)
     hot_paths = [
-        (backward._grad, lambda p, x, y: fbp.grad(p, x, y, cost="cross_entropy")),
-        (backward._backprop, lambda p, x, y: fbp.backprop(p, x[0], y[0], activation="tanh")),
-        (backward._per_example_grads, fbp.per_example_grads),
-        (backward._value_and_grad, fbp.value_and_grad),
+        (fbp.grad, lambda p, x, y: fbp.grad(p, x, y, cost="cross_entropy")),
+        (fbp.backprop, lambda p, x, y: fbp.backprop(p, x[0], y[0], activation="tanh")),
+        (fbp.per_example_grads, fbp.per_example_grads),
+        (fbp.value_and_grad, fbp.value_and_grad),
     ]
     for jitted, call in hot_paths:
         call(params, xs, ys)

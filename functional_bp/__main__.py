@@ -1,0 +1,3 @@
+from functional_bp.cli import main
+
+raise SystemExit(main())
