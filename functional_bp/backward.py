@@ -106,11 +106,10 @@ def _mean_value_and_grad(params: Params, xs: Array, ys: Array, opts: Options):
     cache = forward_any(params, xs, opts)
     ys = ys.astype(cache.activations[-1].dtype)
     deltas = jax.vmap(lambda c, y: error_terms_from_cache(params, c, y, opts))(cache, ys)
-    batch_size = xs.shape[0]
-    grads = [
-        Layer(g.w / batch_size, g.b / batch_size) for g in gradients_from_error_terms(deltas, cache)
-    ]
-    return jnp.mean(_example_costs(opts, cache, ys)), grads
+    # Dividing the (batch, n_l) error terms, not the (n_out, n_in) sums, is the cheaper
+    # place for the mean's 1/batch.
+    deltas = [delta / xs.shape[0] for delta in deltas]
+    return jnp.mean(_example_costs(opts, cache, ys)), gradients_from_error_terms(deltas, cache)
 
 
 _OPTIONS_DOC = """

@@ -132,7 +132,11 @@ def train(args: argparse.Namespace) -> dict:
     xs, ys = jnp.asarray(train_set.x), jnp.asarray(data.one_hot(train_set.y))
     eval_xs, eval_ys = jnp.asarray(eval_set.x), jnp.asarray(data.one_hot(eval_set.y))
     init_key, key = jax.random.split(jax.random.key(args.seed))
-    params = fbp.init_mlp(init_key, args.sizes, init=args.init)
+    if args.float64:
+        jax.config.update("jax_enable_x64", True)
+        xs, ys, eval_xs, eval_ys = (a.astype(jnp.float64) for a in (xs, ys, eval_xs, eval_ys))
+    dtype = jnp.float64 if args.float64 else jnp.float32
+    params = fbp.init_mlp(init_key, args.sizes, init=args.init, dtype=dtype)
 
     if args.optimizer == "sgd":
         opt_state = None
@@ -333,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--save", default=None, help="write params to this .npz")
     fit.add_argument("--plot", default=None, help="write a PNG of cost and accuracy")
     fit.add_argument("--json", default=None, help="write the per-epoch history as JSON")
+    fit.add_argument("--float64", action="store_true", help="train in float64, as network.py")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
     fit.set_defaults(run=lambda args: 0 if train(args) else 1)
     return parser

@@ -8,7 +8,8 @@ shuffle with an explicit key, cut mini-batches, and run every step inside one ji
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
