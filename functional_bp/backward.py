@@ -53,9 +53,10 @@ def hidden_error(w_next: Array, delta_next: Array, sigma_prime: Array) -> Array:
     dC/da_k^l = sum_j w_jk^{l+1} delta_j^{l+1}, which is the transpose (w^{l+1})^T times
     delta^{l+1}. Chapter 10 writes "w^(N) · delta^(N)" in eq 96 and prints the matrix of
     eq 95 with entries w_kj (and the index typos w_23 for w_22 and w_32); that matrix is
-    exactly our (w^{l+1})^T.
+    exactly our (w^{l+1})^T. Written as ``delta @ w``, which is (w^T delta) for one
+    example and the same row by row for a leading batch axis.
     """
-    return (w_next.T @ delta_next) * sigma_prime
+    return (delta_next @ w_next) * sigma_prime
 
 
 def layer_gradient(delta: Array, a_prev: Array) -> Layer:
@@ -75,16 +76,22 @@ def _example_costs(opts: Options, cache: Cache, ys: Array) -> Array:
     return jax.vmap(lambda c, y: example_cost(opts, c, y))(cache, ys)
 
 
-def error_terms_from_cache(params: Params, cache: Cache, y: Array, opts: Options) -> list[Array]:
-    """[delta^1, ..., delta^L] for one example, from output to input (eqs 90-91, then 96)."""
+def backpropagate(params: Params, cache: Cache, delta_L: Array, opts: Options) -> list[Array]:
+    """[delta^1, ..., delta^L] from delta^L, by eq 96 from the output layer backwards."""
     num_layers = len(params)
     zs, activations = cache
-    deltas = [output_error(opts, zs[-1], activations[-1], y)]
+    deltas = [delta_L]
     for l in range(num_layers - 1, 0, -1):  # l = L-1, ..., 1; params[l] is layer l+1
         sigma = layer_activation(opts, l, num_layers)
         sigma_prime = sigma.prime(zs[l - 1], activations[l])
         deltas.insert(0, hidden_error(params[l].w, deltas[0], sigma_prime))
     return deltas
+
+
+def error_terms_from_cache(params: Params, cache: Cache, y: Array, opts: Options) -> list[Array]:
+    """[delta^1, ..., delta^L] for one example: eqs 90-91, then eq 96."""
+    delta_L = output_error(opts, cache.zs[-1], cache.activations[-1], y)
+    return backpropagate(params, cache, delta_L, opts)
 
 
 def gradients_from_error_terms(deltas: list[Array], cache: Cache) -> list[Layer]:

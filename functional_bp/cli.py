@@ -14,12 +14,14 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import functional_bp as fbp
 from functional_bp import data
 from functional_bp._options import resolve
 from functional_bp.checkpoint import save_params
+from functional_bp.diagnostics import layer_gradient_norms
 from functional_bp.timing import interleaved_medians
 from functional_bp.training import accuracy, evaluate, optax_epoch, total_cost, train_epoch
 
@@ -275,6 +277,60 @@ def plot_history(history: list[dict], path: str, *, title: str, eval_name: str) 
     os.replace(tmp, path)
 
 
+def diagnose(args: argparse.Namespace) -> int:
+    """Per-layer gradient norms across training: deep sigmoid next to deep relu."""
+    resolve(args.activation, None, "quadratic")
+    train_set, _, _ = _load_dataset(args)
+    hidden = [int(n) for n in args.hidden.split(",")]
+    sizes = [train_set.x.shape[1], *hidden, 10]
+    xs, ys = jnp.asarray(train_set.x), jnp.asarray(data.one_hot(train_set.y))
+    probe_xs, probe_ys = xs[: args.probe], ys[: args.probe]
+    runs = {}
+    for activation in ("sigmoid", args.activation):
+        options = dict(activation=activation, output_activation="sigmoid", cost="quadratic")
+        init_key, key = jax.random.split(jax.random.key(args.seed))
+        params = fbp.init_mlp(init_key, sizes, init="scaled_normal")
+        norms = [layer_gradient_norms(params, probe_xs, probe_ys, **options)]
+        for _ in tqdm.trange(args.epochs, desc=activation, disable=args.no_progress):
+            key, epoch_key = jax.random.split(key)
+            params = train_epoch(epoch_key, params, xs, ys, args.eta, batch_size=10, **options)
+            norms.append(layer_gradient_norms(params, probe_xs, probe_ys, **options))
+        runs[activation] = [np.asarray(n.delta).tolist() for n in norms]
+        print(f"{activation} hidden layers {sizes}: ||delta^l|| by layer (1 first), "
+              f"epoch 0 and {args.epochs}:")
+        for epoch in (0, args.epochs):
+            print(f"  epoch {epoch:>3}: " + "  ".join(f"{v:.2e}" for v in runs[activation][epoch]))
+        first, last = runs[activation][0][0], runs[activation][0][-2]
+        print(f"  at initialisation layer 1 learns {last / first:.1f}x slower than layer "
+              f"{len(sizes) - 2}")
+    if args.plot:
+        _plot_layer_norms(runs, args.plot, sizes)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def _plot_layer_norms(runs: dict, path: str, sizes: list[int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4), sharey=True)
+    for ax, (activation, history) in zip(np.atleast_1d(axes), runs.items()):
+        per_layer = np.array(history)  # (epochs + 1, L)
+        for l in range(per_layer.shape[1]):
+            ax.semilogy(per_layer[:, l], label=f"layer {l + 1}")
+        ax.set(title=f"{activation} hidden layers", xlabel="epoch", ylabel="||delta^l||")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"speed of learning per layer, {sizes}")
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def demo(args: argparse.Namespace) -> int:
     """The main job: a gradient check, then training on the bundled digits."""
     status = gradcheck(args)
@@ -340,12 +396,26 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--float64", action="store_true", help="train in float64, as network.py")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
     fit.set_defaults(run=lambda args: 0 if train(args) else 1)
+
+    diag = commands.add_parser("diagnose", help="per-layer gradient norms: sigmoid vs relu")
+    diag.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
+    diag.add_argument("--data-dir", default=None)
+    diag.add_argument("--download", action="store_true")
+    diag.add_argument("--hidden", default="30,30,30,30", help="hidden layer sizes")
+    diag.add_argument("--activation", default="relu", help="compared with sigmoid")
+    diag.add_argument("--epochs", type=int, default=10)
+    diag.add_argument("--eta", type=float, default=0.1)
+    diag.add_argument("--probe", type=int, default=1000, help="examples the norms use")
+    diag.add_argument("--seed", type=int, default=0)
+    diag.add_argument("--plot", default=None, help="write a PNG of the norms")
+    diag.add_argument("--no-progress", action="store_true")
+    diag.set_defaults(run=diagnose, eval_on="test")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if tqdm is None and args.command in ("train", "demo"):
+    if tqdm is None and args.command in ("train", "demo", "diagnose"):
         print('error: install the cli extra: pip install "functional_bp[cli]"', file=sys.stderr)
         return 2
     try:

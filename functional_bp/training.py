@@ -25,7 +25,7 @@ from functional_bp.params import Layer, Params
 Array = jax.Array
 
 
-def _check_regularisation(lmbda: float, n: Optional[int]) -> None:
+def check_regularisation(lmbda: float, n: Optional[int]) -> None:
     if lmbda != 0 and n is None:
         raise ValueError("Expected n, the size of the training set, with lmbda != 0 (L2 is ηλ/n)")
 
@@ -61,10 +61,15 @@ def sgd_step(
     Returns:
       New params; ``params`` is not changed.
     """
-    _check_regularisation(lmbda, n)
+    check_regularisation(lmbda, n)
     grads = grad(
         params, xs, ys, activation=activation, output_activation=output_activation, cost=cost
     )
+    return sgd_update(params, grads, eta, lmbda, n)
+
+
+def sgd_update(params: Params, grads: Params, eta, lmbda: float, n: Optional[int]) -> list[Layer]:
+    """w <- (1 - eta*lmbda/n) w - eta dC/dw, b <- b - eta dC/db (network2.py's rule)."""
     decay = 1.0 if n is None else 1.0 - eta * lmbda / n
     return [
         Layer(decay * layer.w - eta * g.w, layer.b - eta * g.b) for layer, g in zip(params, grads)
