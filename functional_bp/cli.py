@@ -296,13 +296,17 @@ def diagnose(args: argparse.Namespace) -> int:
             params = train_epoch(epoch_key, params, xs, ys, args.eta, batch_size=10, **options)
             norms.append(layer_gradient_norms(params, probe_xs, probe_ys, **options))
         runs[activation] = [np.asarray(n.delta).tolist() for n in norms]
-        print(f"{activation} hidden layers {sizes}: ||delta^l|| by layer (1 first), "
-              f"epoch 0 and {args.epochs}:")
+        print(
+            f"{activation} hidden layers {sizes}: ||delta^l|| by layer (1 first), "
+            f"epoch 0 and {args.epochs}:"
+        )
         for epoch in (0, args.epochs):
             print(f"  epoch {epoch:>3}: " + "  ".join(f"{v:.2e}" for v in runs[activation][epoch]))
         first, last = runs[activation][0][0], runs[activation][0][-2]
-        print(f"  at initialisation layer 1 learns {last / first:.1f}x slower than layer "
-              f"{len(sizes) - 2}")
+        print(
+            f"  at initialisation layer 1 learns {last / first:.1f}x slower than layer "
+            f"{len(sizes) - 2}"
+        )
     if args.plot:
         _plot_layer_norms(runs, args.plot, sizes)
         print(f"plot written to {args.plot}")

@@ -46,8 +46,9 @@ def layer_gradient_norms(
     cost: str | Cost = "quadratic",
 ) -> LayerNorms:
     """||delta^l|| and ||dC/dw^l|| for every layer, from the hand-written `grad`."""
-    grads = grad(params, xs, ys, activation=activation, output_activation=output_activation,
-                 cost=cost)
+    grads = grad(
+        params, xs, ys, activation=activation, output_activation=output_activation, cost=cost
+    )
     return LayerNorms(
         jnp.stack([jnp.linalg.norm(g.b) for g in grads]),
         jnp.stack([jnp.linalg.norm(g.w) for g in grads]),

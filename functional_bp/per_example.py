@@ -169,6 +169,15 @@ def dp_sgd_step(
     cost: str | Cost = "quadratic",
 ) -> list[Layer]:
     """One DP-SGD step: params - eta * `private_grad`."""
-    grads = private_grad(key, params, xs, ys, clip_norm, noise_multiplier,
-                         activation=activation, output_activation=output_activation, cost=cost)
+    grads = private_grad(
+        key,
+        params,
+        xs,
+        ys,
+        clip_norm,
+        noise_multiplier,
+        activation=activation,
+        output_activation=output_activation,
+        cost=cost,
+    )
     return jax.tree.map(lambda p, g: p - eta * g, params, grads)

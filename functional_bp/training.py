@@ -24,6 +24,8 @@ from functional_bp.params import Layer, Params
 
 Array = jax.Array
 
+_UNROLL = 4
+
 
 def check_regularisation(lmbda: float, n: Optional[int]) -> None:
     if lmbda != 0 and n is None:
@@ -86,10 +88,12 @@ def _scan_epoch(
 ) -> Any:
     """Shuffles, then applies ``step(carry, xs_batch, ys_batch)`` to every mini-batch.
 
-    Full mini-batches run inside one `jax.lax.scan`; the examples are gathered inside each
-    step from a shuffled index, so the data set is never copied. A last, partial
-    mini-batch (when ``batch_size`` does not divide the number of examples) is one more
-    step of its smaller size, as in network.py, which keeps it.
+    Full mini-batches run inside one `jax.lax.scan`. The shuffled mini-batches are
+    gathered once per epoch, a copy of the data set: one large gather is faster than a
+    small one per step (measured with scripts/bench.py's epoch case, about 20 % at
+    batch 10), and the loop is unrolled 4 times to cut per-iteration overhead. A last,
+    partial mini-batch (when ``batch_size`` does not divide the number of examples) is
+    one more step of its smaller size, as in network.py, which keeps it.
     """
     num_examples = xs.shape[0]
     order = jax.random.permutation(key, num_examples)
@@ -97,9 +101,9 @@ def _scan_epoch(
     full = order[: num_full * batch_size].reshape(num_full, batch_size)
 
     def body(carry, batch):
-        return step(carry, xs[batch], ys[batch]), None
+        return step(carry, *batch), None
 
-    carry, _ = jax.lax.scan(body, carry, full)
+    carry, _ = jax.lax.scan(body, carry, (xs[full], ys[full]), unroll=_UNROLL)
     if num_examples % batch_size:
         rest = order[num_full * batch_size :]
         carry = step(carry, xs[rest], ys[rest])

@@ -60,7 +60,7 @@ def repeats_for(flops, quick):
     return 3 if flops > 5e10 else 7 if flops > 1e9 else 25
 
 
-def gemm_rate(n=2048, repeats=5):
+def gemm_rate(n, repeats=5):
     """GFLOP/s of a float32 n x n matmul under jax.jit."""
     a = jax.random.normal(jax.random.key(0), (n, n))
     matmul = jax.jit(lambda a: a @ a)
@@ -334,7 +334,7 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sizes_list = QUICK_SIZES if args.quick else SIZES
-    gemm_n = 1024 if args.quick else 2048
+    gemm_n = 1024 if args.quick else 4096
     gemm = gemm_rate(gemm_n)
     print(f"GEMM rate: {gemm:.1f} GFLOP/s", flush=True)
     result = dict(
