@@ -108,14 +108,17 @@ def _backprop_one(params: Params, x: Array, y: Array, opts: Options) -> tuple[Ar
 
 
 def _mean_value_and_grad(params: Params, xs: Array, ys: Array, opts: Options):
-    """Mean cost and mean gradient over a batch: per-example error terms by vmap, then
-    eq 99 summed over the examples as one product per layer, divided by the batch size."""
+    """Mean cost and mean gradient over a batch.
+
+    The per-example equations run on (batch, n_l) arrays: eqs 90-91 and 96 act row by
+    row, and eq 99 then sums delta_i a_i^T over the batch as one product per layer. The
+    mean's 1/batch is folded into delta^L, the smallest array it can go in; every other
+    delta^l inherits it, since eq 96 is linear.
+    """
     cache = forward_any(params, xs, opts)
     ys = ys.astype(cache.activations[-1].dtype)
-    deltas = jax.vmap(lambda c, y: error_terms_from_cache(params, c, y, opts))(cache, ys)
-    # Dividing the (batch, n_l) error terms, not the (n_out, n_in) sums, is the cheaper
-    # place for the mean's 1/batch.
-    deltas = [delta / xs.shape[0] for delta in deltas]
+    delta_L = output_error(opts, cache.zs[-1], cache.activations[-1], ys) / xs.shape[0]
+    deltas = backpropagate(params, cache, delta_L, opts)
     return jnp.mean(_example_costs(opts, cache, ys)), gradients_from_error_terms(deltas, cache)
 
 

@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import functional_bp as fbp
+from functional_bp.per_example import clipped_grad, per_example_grad_norms
 from functional_bp.timing import interleaved_medians
 from functional_bp.training import _scan_epoch, train_epoch
 
@@ -221,6 +223,63 @@ def case_epoch(quick, gemm_gflops):
     return row
 
 
+def _memory_mb(jitted, *args):
+    """Temporary plus output bytes of the compiled program (XLA's memory analysis)."""
+    stats = jitted.lower(*args).compile().memory_analysis()
+    return (stats.temp_size_in_bytes + stats.output_size_in_bytes) / 2**20
+
+
+def case_per_example_norms(quick):
+    """Norms and clipping from the error terms vs materialised vmap(jax.grad)."""
+    sizes, batch = ([784, 100, 10], 64) if quick else ([784, 1024, 1024, 10], 256)
+    params, xs, ys = problem(sizes, batch)
+    clip = 1.0
+    one = lambda p, x, y: fbp.loss(p, x[None], y[None])
+    per_example = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))
+
+    def norms_of(g):
+        return jnp.sqrt(sum(jnp.sum(l.reshape(batch, -1) ** 2, axis=1) for l in jax.tree.leaves(g)))
+
+    def autodiff_norms(p, x, y):
+        return norms_of(per_example(p, x, y))
+
+    def autodiff_clipped(p, x, y):
+        g = per_example(p, x, y)
+        scale = jnp.minimum(1.0, clip / norms_of(g))
+        return jax.tree.map(lambda l: jnp.tensordot(scale, l, axes=1) / batch, g)
+
+    autodiff_norms, autodiff_clipped = jax.jit(autodiff_norms), jax.jit(autodiff_clipped)
+    norms_fn = lambda p, x, y: per_example_grad_norms(p, x, y).total
+    clipped_fn = lambda p, x, y: clipped_grad(p, x, y, clip)
+    contenders = {
+        "norms (error terms)": norms_fn,
+        "norms (vmap(jax.grad))": autodiff_norms,
+        "clipped (weighted pass)": clipped_fn,
+        "clipped (vmap(jax.grad))": autodiff_clipped,
+        "mean gradient (grad)": fbp.grad,
+    }
+    t = interleaved_medians(
+        {k: (lambda f=f: f(params, xs, ys)) for k, f in contenders.items()},
+        repeats=3 if quick else 5,
+        warmup=1,
+    )
+    memory = {k: _memory_mb(jax.jit(f), params, xs, ys) for k, f in contenders.items()}
+    rows = [dict(name=k, seconds=t[k], memory_mb=memory[k]) for k in contenders]
+    row = dict(
+        sizes=sizes,
+        batch=batch,
+        rows=rows,
+        norms_speedup=t["norms (vmap(jax.grad))"] / t["norms (error terms)"],
+        clipped_speedup=t["clipped (vmap(jax.grad))"] / t["clipped (weighted pass)"],
+    )
+    for r in rows:
+        print(
+            f"per-example norms {sizes} batch {batch}: {r['name']}: {r['seconds'] * 1e3:.1f} ms, "
+            f"{r['memory_mb']:.1f} MiB"
+        )
+    return row
+
+
 def case_compile(sizes_list):
     rows = []
     for sizes, batch in sizes_list:
@@ -352,6 +411,7 @@ def main(argv=None):
         mean_gradient=case_mean_gradient(sizes_list, args.quick),
         per_example=case_per_example(sizes_list[:3], args.quick),
         epoch=case_epoch(args.quick, gemm),
+        per_example_norms=case_per_example_norms(args.quick),
         compile=case_compile(sizes_list[:3]),
     )
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
