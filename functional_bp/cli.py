@@ -248,8 +248,11 @@ def options_metadata(args: argparse.Namespace) -> dict:
 def _write_atomic(path: str, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def plot_history(history: list[dict], path: str, *, title: str, eval_name: str) -> None:
@@ -270,11 +273,21 @@ def plot_history(history: list[dict], path: str, *, title: str, eval_name: str) 
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
+    _save_figure(fig, path)
+
+
+def _save_figure(fig, path: str) -> None:
+    """Writes a PNG atomically (temporary file, then rename) and closes the figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
 
 
 def diagnose(args: argparse.Namespace) -> int:
@@ -328,11 +341,7 @@ def _plot_layer_norms(runs: dict, path: str, sizes: list[int]) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"speed of learning per layer, {sizes}")
-    fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save_figure(fig, path)
 
 
 def demo(args: argparse.Namespace) -> int:
