@@ -89,7 +89,8 @@ def backpropagate(params: Params, cache: Cache, delta_L: Array, opts: Options) -
 
 
 def error_terms_from_cache(params: Params, cache: Cache, y: Array, opts: Options) -> list[Array]:
-    """[delta^1, ..., delta^L] for one example: eqs 90-91, then eq 96."""
+    """[delta^1, ..., delta^L]: eqs 90-91, then eq 96; for one example, or row by row
+    for a cache and y with a leading batch axis."""
     delta_L = output_error(opts, cache.zs[-1], cache.activations[-1], y)
     return backpropagate(params, cache, delta_L, opts)
 

@@ -38,10 +38,11 @@ class PerExampleNorms(NamedTuple):
 
 
 def _batch_error_terms(params: Params, xs: Array, ys: Array, opts: Options):
+    """The cache and the per-example delta^l, each (batch, n_l): eqs 90-91 and 96 act
+    row by row on the batch."""
     cache = forward_any(params, xs, opts)
     ys = ys.astype(cache.activations[-1].dtype)
-    deltas = jax.vmap(lambda c, y: error_terms_from_cache(params, c, y, opts))(cache, ys)
-    return cache, deltas
+    return cache, error_terms_from_cache(params, cache, ys, opts)
 
 
 def _norms(cache: Cache, deltas: list[Array]) -> PerExampleNorms:

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -183,26 +182,23 @@ def case_epoch(quick, gemm_gflops):
 
         return _scan_epoch(key, params, xs, ys, batch, step)
 
+    # network.py in NumPy (float64, as network.py computes), interleaved with the JAX
+    # epochs; timed on the first numpy_n examples and scaled to the epoch.
+    biases = [np.asarray(l.b, np.float64).reshape(-1, 1) for l in params]
+    weights = [np.asarray(l.w, np.float64) for l in params]
+    numpy_n = 2_000 if quick else 10_000
+    np_xs, np_ys = np.asarray(xs[:numpy_n], np.float64), np.asarray(ys[:numpy_n], np.float64)
+    rng = np.random.default_rng(0)
     t = interleaved_medians(
         {
             "manual": lambda: train_epoch(key, params, xs, ys, 3.0, batch_size=batch),
             "autodiff": lambda: autodiff_epoch(key, params, xs, ys),
+            "numpy": lambda: network_py_epoch(biases, weights, np_xs, np_ys, 3.0, batch, rng),
         },
-        repeats=3 if quick else 7,
+        repeats=3 if quick else 5,
         warmup=1,
     )
-    # network.py in NumPy, timed in the same run (float64, as network.py computes).
-    biases = [np.asarray(l.b, np.float64).reshape(-1, 1) for l in params]
-    weights = [np.asarray(l.w, np.float64) for l in params]
-    np_xs, np_ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
-    numpy_n = 2_000 if quick else 10_000
-    rng = np.random.default_rng(0)
-    numpy_times = []
-    for _ in range(1 if quick else 3):
-        start = time.perf_counter()
-        network_py_epoch(biases, weights, np_xs[:numpy_n], np_ys[:numpy_n], 3.0, batch, rng)
-        numpy_times.append((time.perf_counter() - start) * n / numpy_n)
-    numpy_s = statistics.median(numpy_times)
+    numpy_s = t["numpy"] * n / numpy_n
     floor_s = step_flops(sizes, n) / (gemm_gflops * 1e9)
     row = dict(
         examples=n,
@@ -408,11 +404,12 @@ def main(argv=None):
         ),
         gemm_n=gemm_n,
         gemm_gflops=gemm,
+        # First, while nothing of these shapes is in the compilation cache.
+        compile=case_compile(sizes_list[:3]),
         mean_gradient=case_mean_gradient(sizes_list, args.quick),
         per_example=case_per_example(sizes_list[:3], args.quick),
         epoch=case_epoch(args.quick, gemm),
         per_example_norms=case_per_example_norms(args.quick),
-        compile=case_compile(sizes_list[:3]),
     )
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     out.with_suffix(".md").write_text(markdown(result))
