@@ -359,6 +359,21 @@ def markdown(result):
         lines.append(
             f"| {r['sizes']} | {r['batch']} | {r['manual_s']:.3f} | {r['autodiff_s']:.3f} |"
         )
+    p = result["per_example_norms"]
+    lines += [
+        "",
+        f"Per-example gradient norms and clipping, {p['sizes']}, batch {p['batch']} "
+        "(memory: XLA's compiled temporary + output bytes):",
+        "",
+        "| computation | ms | MiB |",
+        "| --- | --- | --- |",
+    ]
+    for r in p["rows"]:
+        lines.append(f"| {r['name']} | {r['seconds'] * 1e3:.1f} | {r['memory_mb']:.1f} |")
+    lines.append(
+        f"\nSpeed-up from the error terms: norms x{p['norms_speedup']:.1f}, "
+        f"clipped gradient x{p['clipped_speedup']:.1f}."
+    )
     return "\n".join(lines) + "\n"
 
 
