@@ -1,9 +1,11 @@
 """The backward pass, equation by equation, and the gradients built on it.
 
 Chapter 10 (000) eqs 88-99 and the 001 notes eqs 3-8, in the w_jk convention of the 001
-notes: ``w[j, k]`` connects neuron k of layer l-1 to neuron j of layer l. Everything is
-written for one example; batches are `jax.vmap` of it, and the mean gradient sums eq 99
-over the batch as one matrix product.
+notes: ``w[j, k]`` connects neuron k of layer l-1 to neuron j of layer l. Each equation
+is written once, for one example; the same code acts row by row on arrays with a leading
+batch axis. `per_example_grads` is `jax.vmap` of `backprop`, and the mean gradient sums
+eq 99 over the batch as one matrix product per layer (tested equal to the mean of
+`per_example_grads`).
 """
 
 from __future__ import annotations
@@ -263,9 +265,10 @@ def grad(
 ) -> list[Layer]:
     """The mean over the mini-batch of the per-example gradients of `backprop`.
 
-    Error terms are computed per example (vmapped eqs 90-91, 96); eq 99 is then summed
-    over the batch as one matrix product per layer, sum_i delta_i a_i^T = Delta^T A, and
-    divided by the batch size: the gradient network.py's ``update_mini_batch`` averages.
+    Error terms are computed for every example at once (eqs 90-91 and 96, row by row);
+    eq 99 is then summed over the batch as one matrix product per layer,
+    sum_i delta_i a_i^T = Delta^T A, with the 1/batch folded into delta^L: the gradient
+    network.py's ``update_mini_batch`` averages.
 
     Args:
       params: a list of `Layer`.
