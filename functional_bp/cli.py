@@ -122,6 +122,9 @@ def train(args: argparse.Namespace) -> dict:
         activation=args.activation, output_activation=args.output_activation, cost=args.cost
     )
     resolve(args.activation, args.output_activation, args.cost)  # fail before loading data
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     for path in (args.save, args.plot, args.json):
         if path is not None and not Path(path).parent.exists():
             raise ValueError(f"the directory of {path} does not exist")
