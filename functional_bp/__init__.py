@@ -1,40 +1,96 @@
 """functional_bp: backpropagation written by hand as pure JAX functions, equation by
-equation, and proven against jax.grad."""
+equation, and proven against jax.grad.
+
+Everything a user calls is importable from here; the submodules hold it by topic:
+`activations`, `costs`, `params`, `forward`, `backward` (the equations and the core),
+`gradients`, `per_example`, `differentiable`, `training`, `parallel`, `diagnostics`,
+`gradcheck`, `chain_rule`, `checkpoint`, `data`, `timing`.
+"""
 
 from functional_bp.activations import ACTIVATIONS, Activation
-from functional_bp.backward import (
-    backprop,
-    error_terms,
-    grad,
-    loss,
-    per_example_grads,
-    value_and_grad,
-)
+from functional_bp.backward import hidden_error, layer_gradient, output_error, weighted_error
 from functional_bp.chain_rule import chain_rule_gradients
-from functional_bp.costs import COSTS, Cost
+from functional_bp.checkpoint import load_params, save_params
+from functional_bp.costs import COSTS, ClosedForm, Cost
+from functional_bp.data import Dataset, download_mnist, load_digits, load_mnist, one_hot
+from functional_bp.diagnostics import LayerNorms, layer_gradient_norms
+from functional_bp.differentiable import mlp
 from functional_bp.forward import Cache, feedforward, forward
 from functional_bp.gradcheck import GradCheck, LeafCheck, check_gradients
+from functional_bp.gradients import backprop, error_terms, grad, loss, value_and_grad
+from functional_bp.parallel import data_mesh, data_parallel_grad, data_parallel_sgd_step
 from functional_bp.params import Layer, init_mlp, layer_sizes
+from functional_bp.per_example import (
+    PerExampleNorms,
+    clipped_grad,
+    dp_sgd_step,
+    per_example_grad_norms,
+    per_example_grads,
+    private_grad,
+)
+from functional_bp.timing import interleaved_medians
+from functional_bp.training import (
+    accuracy,
+    evaluate,
+    optax_epoch,
+    optax_step,
+    scan_epoch,
+    sgd_step,
+    total_cost,
+    train_epoch,
+)
 
 __all__ = [
     "ACTIVATIONS",
     "COSTS",
     "Activation",
     "Cache",
+    "ClosedForm",
     "Cost",
+    "Dataset",
     "GradCheck",
-    "LeafCheck",
     "Layer",
+    "LayerNorms",
+    "LeafCheck",
+    "PerExampleNorms",
+    "accuracy",
     "backprop",
     "chain_rule_gradients",
     "check_gradients",
+    "clipped_grad",
+    "data_mesh",
+    "data_parallel_grad",
+    "data_parallel_sgd_step",
+    "download_mnist",
+    "dp_sgd_step",
     "error_terms",
+    "evaluate",
     "feedforward",
     "forward",
     "grad",
+    "hidden_error",
     "init_mlp",
+    "interleaved_medians",
+    "layer_gradient",
+    "layer_gradient_norms",
     "layer_sizes",
+    "load_digits",
+    "load_mnist",
+    "load_params",
     "loss",
+    "mlp",
+    "one_hot",
+    "optax_epoch",
+    "optax_step",
+    "output_error",
+    "per_example_grad_norms",
     "per_example_grads",
+    "private_grad",
+    "save_params",
+    "scan_epoch",
+    "sgd_step",
+    "total_cost",
+    "train_epoch",
     "value_and_grad",
+    "weighted_error",
 ]

@@ -20,10 +20,6 @@ import optax
 import functional_bp as fbp
 from functional_bp import data
 from functional_bp._options import resolve
-from functional_bp.checkpoint import save_params
-from functional_bp.diagnostics import layer_gradient_norms
-from functional_bp.timing import interleaved_medians
-from functional_bp.training import accuracy, evaluate, optax_epoch, total_cost, train_epoch
 
 try:
     import tqdm
@@ -57,6 +53,13 @@ def _add_network_options(parser: argparse.ArgumentParser, sizes: Optional[str]) 
     parser.add_argument("--seed", type=int, default=0)
 
 
+def _options(args: argparse.Namespace) -> dict:
+    """The options keywords of every library call, from the command line."""
+    return dict(
+        activation=args.activation, output_activation=args.output_activation, cost=args.cost
+    )
+
+
 def _random_batch(key, sizes, batch, dtype):
     """Inputs in [0, 1) like pixels, one-hot targets."""
     x_key, y_key = jax.random.split(key)
@@ -73,16 +76,14 @@ def gradcheck(args: argparse.Namespace) -> int:
     init_key, data_key = jax.random.split(jax.random.key(args.seed))
     params = fbp.init_mlp(init_key, args.sizes, init=args.init, dtype=dtype)
     xs, ys = _random_batch(data_key, args.sizes, args.batch_size, dtype)
-    options = dict(
-        activation=args.activation, output_activation=args.output_activation, cost=args.cost
-    )
+    options = _options(args)
     result = fbp.check_gradients(params, xs, ys, **options)
     print(f"network {args.sizes}, batch {args.batch_size}, {args.activation}/{args.cost}")
     print(result)
 
     manual = lambda: fbp.grad(params, xs, ys, **options)  # noqa: E731
     autodiff_fn = jax.jit(jax.grad(lambda p: fbp.loss(p, xs, ys, **options)))
-    times = interleaved_medians(
+    times = fbp.interleaved_medians(
         {"manual": manual, "jax.grad": lambda: autodiff_fn(params)}, repeats=25, min_time=0.01
     )
     print(
@@ -118,10 +119,8 @@ def train(args: argparse.Namespace) -> dict:
     """Trains a network with the hand-written gradients; returns the run's record."""
     if args.sizes is None:
         args.sizes = [64, 30, 10] if args.dataset == "digits" else [784, 30, 10]
-    options = dict(
-        activation=args.activation, output_activation=args.output_activation, cost=args.cost
-    )
-    resolve(args.activation, args.output_activation, args.cost)  # fail before loading data
+    options = _options(args)
+    resolve(**options)  # fail before loading data
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
@@ -159,7 +158,7 @@ def train(args: argparse.Namespace) -> dict:
         key, epoch_key = jax.random.split(key)
         start = time.perf_counter()
         if opt_state is None:
-            params = train_epoch(
+            params = fbp.train_epoch(
                 epoch_key,
                 params,
                 xs,
@@ -171,7 +170,7 @@ def train(args: argparse.Namespace) -> dict:
                 **options,
             )
         else:
-            params, opt_state = optax_epoch(
+            params, opt_state = fbp.optax_epoch(
                 epoch_key,
                 optimizer,
                 params,
@@ -183,25 +182,16 @@ def train(args: argparse.Namespace) -> dict:
             )
         jax.block_until_ready(params)
         seconds = time.perf_counter() - start
-        correct = evaluate(
-            params,
-            eval_xs,
-            eval_set.y,
-            activation=args.activation,
-            output_activation=args.output_activation,
+        forward_options = dict(
+            activation=args.activation, output_activation=args.output_activation
         )
+        correct = fbp.evaluate(params, eval_xs, eval_set.y, **forward_options)
         row = {
             "epoch": epoch,
             "train_seconds": seconds,
-            "train_cost": total_cost(params, xs, ys, lmbda=args.lmbda, **options),
-            "train_accuracy": accuracy(
-                params,
-                xs,
-                train_set.y,
-                activation=args.activation,
-                output_activation=args.output_activation,
-            ),
-            "eval_cost": total_cost(params, eval_xs, eval_ys, lmbda=args.lmbda, **options),
+            "train_cost": fbp.total_cost(params, xs, ys, lmbda=args.lmbda, **options),
+            "train_accuracy": fbp.accuracy(params, xs, train_set.y, **forward_options),
+            "eval_cost": fbp.total_cost(params, eval_xs, eval_ys, lmbda=args.lmbda, **options),
             "eval_accuracy": correct / eval_xs.shape[0],
         }
         history.append(row)
@@ -228,7 +218,7 @@ def train(args: argparse.Namespace) -> dict:
         f"first epoch with compilation {times[0]:.2f} s"
     )
     if args.save:
-        save_params(args.save, params, **options_metadata(args))
+        fbp.save_params(args.save, params, **options_metadata(args))
         print(f"params saved to {args.save}")
     if args.json:
         _write_atomic(args.json, json.dumps(record, indent=2))
@@ -240,12 +230,7 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def options_metadata(args: argparse.Namespace) -> dict:
-    return dict(
-        activation=args.activation,
-        output_activation=args.output_activation,
-        cost=args.cost,
-        dataset=args.dataset,
-    )
+    return dict(_options(args), dataset=args.dataset)
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -306,11 +291,11 @@ def diagnose(args: argparse.Namespace) -> int:
         options = dict(activation=activation, output_activation="sigmoid", cost="quadratic")
         init_key, key = jax.random.split(jax.random.key(args.seed))
         params = fbp.init_mlp(init_key, sizes, init="scaled_normal")
-        norms = [layer_gradient_norms(params, probe_xs, probe_ys, **options)]
+        norms = [fbp.layer_gradient_norms(params, probe_xs, probe_ys, **options)]
         for _ in tqdm.trange(args.epochs, desc=activation, disable=args.no_progress):
             key, epoch_key = jax.random.split(key)
-            params = train_epoch(epoch_key, params, xs, ys, args.eta, batch_size=10, **options)
-            norms.append(layer_gradient_norms(params, probe_xs, probe_ys, **options))
+            params = fbp.train_epoch(epoch_key, params, xs, ys, args.eta, batch_size=10, **options)
+            norms.append(fbp.layer_gradient_norms(params, probe_xs, probe_ys, **options))
         runs[activation] = [np.asarray(n.delta).tolist() for n in norms]
         print(
             f"{activation} hidden layers {sizes}: ||delta^l|| by layer (1 first), "

@@ -1,7 +1,11 @@
 """Cost functions C(a, y) of one example and their gradients dC/da, by name or your own.
 
 The backward pass starts from dC/da^L (001 notes eq 4; the chapter's dC/dy in eq 84) and
-turns it into the output error delta^L = dC/da^L * sigma'(z^L) (eqs 90-91).
+turns it into the output error delta^L = dC/da^L ⊙ sigma'(z^L) (eqs 90-91).
+
+Every function of a `Cost` is called on exactly one example: a and y of shape (n_out,).
+The library adds the batch with `jax.vmap`, so a cost may reduce over the output
+neurons (a norm, a log-sum-exp) and still get its exact gradient.
 """
 
 from __future__ import annotations
@@ -12,7 +16,27 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from functional_bp.activations import SIGMOID, SOFTMAX, Activation
+
 Array = jax.Array
+
+
+class ClosedForm(NamedTuple):
+    """C and delta^L written in z^L for one output activation.
+
+    Where sigma'(z) cancels against dC/da (cross-entropy after a sigmoid: delta^L =
+    a - y), the closed form gives the same values without the 0/0 of dC/da ⊙ sigma'(z)
+    when sigma(z) rounds to 0 or 1, and C from z without ln(0).
+
+    Attributes:
+      activation: the output `Activation` it applies to (compared with ``==``).
+      fn: C as a function of (z, y), a scalar for one example.
+      delta: delta^L = dC/dz^L as a function of (z, a, y), shape (n_out,).
+    """
+
+    activation: Activation
+    fn: Callable[[Array, Array], Array]
+    delta: Callable[[Array, Array, Array], Array]
 
 
 class Cost(NamedTuple):
@@ -24,35 +48,29 @@ class Cost(NamedTuple):
                      lambda a, y: jnp.clip(a - y, -1.0, 1.0))
 
     Attributes:
-      fn: C(a, y), a scalar for one example (summed over output neurons j).
-      derivative: dC/da, elementwise, same shape as a.
-      sigmoid_fn: optional C written in terms of z for a sigmoid output layer,
-        where a = sigma(z); used instead of ``fn`` for stability when present.
-      sigmoid_delta: optional closed form of delta^L = dC/dz^L for a sigmoid
-        output layer, called as ``sigmoid_delta(z, a, y)``.
+      fn: C(a, y) for one example: a and y of shape (n_out,), a scalar result.
+      derivative: dC/da for one example, shape (n_out,). It may reduce over the
+        output neurons (``(a - y) / jnp.linalg.norm(a - y)``).
       name: shown in messages and tables.
+      closed_forms: `ClosedForm`s for particular output activations, used instead of
+        ``fn`` and ``derivative`` when the output layer's activation is one of them.
     """
 
     fn: Callable[[Array, Array], Array]
     derivative: Callable[[Array, Array], Array]
-    sigmoid_fn: Optional[Callable[[Array, Array], Array]] = None
-    sigmoid_delta: Optional[Callable[[Array, Array, Array], Array]] = None
     name: str = "custom"
+    closed_forms: tuple[ClosedForm, ...] = ()
+
+    def closed_form(self, output_activation: Activation) -> Optional[ClosedForm]:
+        """The `ClosedForm` for this output activation, if the cost has one."""
+        return next((f for f in self.closed_forms if f.activation == output_activation), None)
 
 
 # network.py's QuadraticCost: C = 1/2 ||a - y||^2, dC/da = a - y.
-QUADRATIC = Cost(
-    lambda a, y: 0.5 * jnp.sum((a - y) ** 2),
-    lambda a, y: a - y,
-    name="quadratic",
-)
+QUADRATIC = Cost(lambda a, y: 0.5 * jnp.sum((a - y) ** 2), lambda a, y: a - y, "quadratic")
 
 # The 001 notes: C_0 = sum_j (a_j - y_j)^2, dC/da = 2 (a - y) (eq 4).
-SQUARED_ERROR = Cost(
-    lambda a, y: jnp.sum((a - y) ** 2),
-    lambda a, y: 2 * (a - y),
-    name="squared_error",
-)
+SQUARED_ERROR = Cost(lambda a, y: jnp.sum((a - y) ** 2), lambda a, y: 2 * (a - y), "squared_error")
 
 
 def _cross_entropy(a: Array, y: Array) -> Array:
@@ -70,15 +88,38 @@ def _cross_entropy_sigmoid(z: Array, y: Array) -> Array:
 CROSS_ENTROPY = Cost(
     _cross_entropy,
     lambda a, y: (a - y) / (a * (1 - a)),
-    sigmoid_fn=_cross_entropy_sigmoid,
-    sigmoid_delta=lambda z, a, y: a - y,
-    name="cross_entropy",
+    "cross_entropy",
+    (ClosedForm(SIGMOID, _cross_entropy_sigmoid, lambda z, a, y: a - y),),
 )
 
-COSTS: dict[str, Cost] = {c.name: c for c in (QUADRATIC, SQUARED_ERROR, CROSS_ENTROPY)}
+# network3.py's log-likelihood: C = -sum_j y_j ln a_j, dC/da = -y / a.
+# After a softmax, delta^L = a sum_j y_j - y (a - y for a one-hot y), and C from the
+# log-softmax of z; after a sigmoid, sigma' = a (1 - a) gives delta^L = y (a - 1) and
+# C = sum_j y_j softplus(-z_j). Both are finite at |z| = 1000 in float32.
+LOG_LIKELIHOOD = Cost(
+    lambda a, y: -jnp.sum(y * jnp.log(a)),
+    lambda a, y: -y / a,
+    "log_likelihood",
+    (
+        ClosedForm(
+            SOFTMAX,
+            lambda z, y: -jnp.sum(y * jax.nn.log_softmax(z)),
+            lambda z, a, y: a * jnp.sum(y) - y,
+        ),
+        ClosedForm(
+            SIGMOID,
+            lambda z, y: jnp.sum(y * jax.nn.softplus(-z)),
+            lambda z, a, y: y * (a - 1),
+        ),
+    ),
+)
+
+COSTS: dict[str, Cost] = {
+    c.name: c for c in (QUADRATIC, SQUARED_ERROR, CROSS_ENTROPY, LOG_LIKELIHOOD)
+}
 
 # Costs defined only for outputs in (0, 1), and the built-in activations that leave it.
-_NEEDS_UNIT_INTERVAL = {"cross_entropy"}
+_NEEDS_UNIT_INTERVAL = {"cross_entropy", "log_likelihood"}
 _LEAVE_UNIT_INTERVAL = {"tanh", "relu", "identity"}
 
 
@@ -86,7 +127,7 @@ def get_cost(cost: str | Cost) -> Cost:
     """Looks a cost up by name, or returns the given `Cost`."""
     if isinstance(cost, Cost):
         if not (callable(cost.fn) and callable(cost.derivative)):
-            raise TypeError("Expected Cost.fn and Cost.derivative to be callable")
+            raise TypeError(f"Expected Cost {cost.name!r} fn and derivative to be callable")
         return cost
     if isinstance(cost, str) and cost in COSTS:
         return COSTS[cost]
@@ -101,4 +142,5 @@ def check_compatible(cost: Cost, output_activation_name: str) -> None:
         raise ValueError(
             f"cost {cost.name!r} needs outputs in (0, 1), but the output layer's "
             f"activation is {output_activation_name!r}; pass output_activation='sigmoid'"
+            + (" or 'softmax'" if cost.name == "log_likelihood" else "")
         )

@@ -13,10 +13,8 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from functional_bp._options import STATIC
-from functional_bp.activations import Activation
-from functional_bp.backward import grad
-from functional_bp.costs import Cost
+from functional_bp._options import STATIC, ActivationArg, CostArg, prepare, with_options_doc
+from functional_bp.backward import mean_value_and_grad
 from functional_bp.params import Params
 
 Array = jax.Array
@@ -36,19 +34,26 @@ class LayerNorms(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=STATIC)
+@with_options_doc
 def layer_gradient_norms(
     params: Params,
     xs: Array,
     ys: Array,
     *,
-    activation: str | Activation = "sigmoid",
-    output_activation: Optional[str | Activation] = None,
-    cost: str | Cost = "quadratic",
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
 ) -> LayerNorms:
-    """||delta^l|| and ||dC/dw^l|| for every layer, from the hand-written `grad`."""
-    grads = grad(
-        params, xs, ys, activation=activation, output_activation=output_activation, cost=cost
-    )
+    """||delta^l|| and ||dC/dw^l|| for every layer, from the hand-written mean gradient.
+
+    Args:
+      params: a list of `Layer`.
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out).
+      {options}
+    """
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    grads = mean_value_and_grad(params, xs, ys, opts)[1]
     return LayerNorms(
         jnp.stack([jnp.linalg.norm(g.b) for g in grads]),
         jnp.stack([jnp.linalg.norm(g.w) for g in grads]),

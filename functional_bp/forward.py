@@ -1,7 +1,7 @@
 """The feedforward pass: z^l = w^l a^{l-1} + b^l, a^l = sigma(z^l).
 
-001 notes eqs 1-2 (the chapter's h = w a, eq 77, with a bias). Written for one example;
-a batch is `jax.vmap` of it.
+001 notes eqs 1-2 (the chapter's h = w a, eq 75-77, with a bias). Written for one
+example; `forward_pass`, the batched core every gradient starts from, is `jax.vmap` of it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional
 
 import jax
 
-from functional_bp._options import Options, prepare
+from functional_bp._options import ActivationArg, Options, prepare
 from functional_bp.activations import Activation
 from functional_bp.params import Params
 
@@ -35,7 +35,7 @@ def layer_activation(opts: Options, l: int, num_layers: int) -> Activation:
     return opts.output_activation if l == num_layers else opts.activation
 
 
-def forward_one(params: Params, x: Array, opts: Options) -> Cache:
+def _forward_one(params: Params, x: Array, opts: Options) -> Cache:
     """Eqs 1-2 of the 001 notes, layer by layer, for one example x of shape (n_in,)."""
     a = x.astype(params[0].w.dtype)
     zs, activations = [], [a]
@@ -47,11 +47,15 @@ def forward_one(params: Params, x: Array, opts: Options) -> Cache:
     return Cache(zs, activations)
 
 
-def forward_any(params: Params, x: Array, opts: Options) -> Cache:
-    """`forward_one`, vmapped when x carries a leading batch axis."""
-    if x.ndim == 2:
-        return jax.vmap(lambda x_i: forward_one(params, x_i, opts))(x)
-    return forward_one(params, x, opts)
+def forward_pass(params: Params, xs: Array, opts: Options) -> Cache:
+    """The core's forward pass: `_forward_one` for every row of xs (batch, n_in)."""
+    return jax.vmap(lambda x: _forward_one(params, x, opts))(xs)
+
+
+def _one_or_batch(params: Params, x: Array, opts: Options) -> Cache:
+    if x.ndim == 1:
+        return jax.tree.map(lambda leaf: leaf[0], forward_pass(params, x[None], opts))
+    return forward_pass(params, x, opts)
 
 
 @functools.partial(jax.jit, static_argnames=("activation", "output_activation"))
@@ -59,8 +63,8 @@ def forward(
     params: Params,
     x: Array,
     *,
-    activation: str | Activation = "sigmoid",
-    output_activation: Optional[str | Activation] = None,
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
 ) -> tuple[Array, Cache]:
     """The output a^L and the `Cache` of z^l and a^l that backprop needs.
 
@@ -73,8 +77,8 @@ def forward(
     Returns:
       ``(a_L, cache)``; with a batch, every array has a leading batch axis.
     """
-    opts = prepare(params, x, None, activation, output_activation, "quadratic", batched=None)
-    cache = forward_any(params, x, opts)
+    opts = prepare(params, x, None, activation, output_activation, None, batched=None)
+    cache = _one_or_batch(params, x, opts)
     return cache.activations[-1], cache
 
 
@@ -83,9 +87,9 @@ def feedforward(
     params: Params,
     x: Array,
     *,
-    activation: str | Activation = "sigmoid",
-    output_activation: Optional[str | Activation] = None,
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
 ) -> Array:
     """network.py's ``feedforward``: the output a^L for x of shape (n_in,) or (batch, n_in)."""
-    opts = prepare(params, x, None, activation, output_activation, "quadratic", batched=None)
-    return forward_any(params, x, opts).activations[-1]
+    opts = prepare(params, x, None, activation, output_activation, None, batched=None)
+    return _one_or_batch(params, x, opts).activations[-1]

@@ -11,10 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from functional_bp._options import prepare
-from functional_bp.activations import Activation
-from functional_bp.backward import grad, loss
-from functional_bp.costs import Cost
+from functional_bp._options import ActivationArg, CostArg, Options, prepare, with_options_doc
+from functional_bp.backward import mean_cost, mean_value_and_grad
 from functional_bp.params import Layer, Params
 
 Array = jax.Array
@@ -95,15 +93,13 @@ class GradCheck:
         return "\n".join(lines)
 
 
-@functools.partial(jax.jit, static_argnames="options")
-def _check(params, xs, ys, options, flat_indices, step):
+@functools.partial(jax.jit, static_argnames="opts")
+def _check(params, xs, ys, opts: Options, flat_indices, step):
     """Manual grad, jax.grad, and central differences at ``flat_indices`` of the ravelled
     params, in one compiled program."""
 
-    options = dict(options)
-
     def loss_fn(p):
-        return loss(p, xs, ys, **options)
+        return mean_cost(p, xs, ys, opts)
 
     theta, unravel = ravel_pytree(params)
 
@@ -114,17 +110,19 @@ def _check(params, xs, ys, options, flat_indices, step):
         return (up - down) / (2 * h)
 
     fd = jax.lax.map(central_difference, flat_indices)
-    return grad(params, xs, ys, **options), jax.grad(loss_fn)(params), fd, loss_fn(params)
+    value, manual = mean_value_and_grad(params, xs, ys, opts)
+    return manual, jax.grad(loss_fn)(params), fd, value
 
 
+@with_options_doc
 def check_gradients(
     params: Params,
     xs: Array,
     ys: Array,
     *,
-    activation: str | Activation = "sigmoid",
-    output_activation: Optional[str | Activation] = None,
-    cost: str | Cost = "quadratic",
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
     seed: int = 0,
     fd_entries: int = 16,
     fd_step: Optional[float] = None,
@@ -139,8 +137,10 @@ def check_gradients(
     own rounding error, 10 eps |C| / h.
 
     Args:
-      params, xs, ys: as for `grad`; xs of shape (batch, n_in).
-      activation, output_activation, cost: as for `grad`.
+      params: a list of `Layer`.
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out).
+      {options}
       seed: picks the entries checked by finite differences.
       fd_entries: entries per leaf checked by finite differences.
       fd_step: the relative step h; defaults to eps ** (1/3) of the dtype.
@@ -148,8 +148,7 @@ def check_gradients(
     Returns:
       A `GradCheck`; ``str()`` of it is a table, ``.ok`` says whether every leaf passed.
     """
-    prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    options = (("activation", activation), ("output_activation", output_activation), ("cost", cost))
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
     if fd_entries < 1:
         raise ValueError(f"Expected fd_entries >= 1, got {fd_entries} instead")
     params = list(params)
@@ -170,7 +169,7 @@ def check_gradients(
     ]
     offsets = np.cumsum([0] + sizes)[:-1]
     flat_indices = np.concatenate([i + o for i, o in zip(indices, offsets)])
-    manual, autodiff, fd, loss_value = _check(params, xs, ys, options, flat_indices, step)
+    manual, autodiff, fd, loss_value = _check(params, xs, ys, opts, flat_indices, step)
     fd = np.split(np.asarray(fd), np.cumsum([len(i) for i in indices])[:-1])
     loss_value = float(loss_value)
     fd_noise = 10 * eps * max(abs(loss_value), 1.0) / step

@@ -16,12 +16,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from functional_bp._options import STATIC, prepare
-from functional_bp.activations import Activation
-from functional_bp.backward import grad
-from functional_bp.costs import Cost
+from functional_bp._options import STATIC, ActivationArg, CostArg, Options, prepare, with_options_doc
+from functional_bp.backward import mean_value_and_grad
 from functional_bp.params import Layer, Params
-from functional_bp.training import check_regularisation, sgd_update
+from functional_bp.training import check_l2, sgd_update
 
 Array = jax.Array
 
@@ -45,26 +43,10 @@ def _check_divisible(mesh: Mesh, axis: str, batch: int) -> None:
         )
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "axis") + STATIC)
-def data_parallel_grad(
-    mesh: Mesh,
-    params: Params,
-    xs: Array,
-    ys: Array,
-    *,
-    axis: str = "data",
-    activation: str | Activation = "sigmoid",
-    output_activation: Optional[str | Activation] = None,
-    cost: str | Cost = "quadratic",
-) -> list[Layer]:
-    """`grad` with the mini-batch sharded over ``mesh``'s ``axis``; replicated result.
-
-    Raises:
-      ValueError: the batch does not divide across the devices of ``axis``.
-    """
-    prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+def _sharded_mean_grad(mesh: Mesh, axis: str, params, xs, ys, opts: Options) -> list[Layer]:
+    """The core's mean gradient of each device's shard, averaged over ``axis`` with
+    `lax.pmean` (equal shards, so the mean over the whole mini-batch); replicated."""
     _check_divisible(mesh, axis, xs.shape[0])
-    options = dict(activation=activation, output_activation=output_activation, cost=cost)
 
     @functools.partial(
         jax.shard_map,
@@ -73,12 +55,43 @@ def data_parallel_grad(
         out_specs=PartitionSpec(),
     )
     def sharded(params, xs, ys):
-        return jax.lax.pmean(grad(params, xs, ys, **options), axis)
+        return jax.lax.pmean(mean_value_and_grad(params, xs, ys, opts)[1], axis)
 
     return sharded(params, xs, ys)
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "axis", "lmbda", "n") + STATIC)
+@functools.partial(jax.jit, static_argnames=("mesh", "axis") + STATIC)
+@with_options_doc
+def data_parallel_grad(
+    mesh: Mesh,
+    params: Params,
+    xs: Array,
+    ys: Array,
+    *,
+    axis: str = "data",
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
+) -> list[Layer]:
+    """`grad` with the mini-batch sharded over ``mesh``'s ``axis``; replicated result.
+
+    Args:
+      mesh: a `jax.sharding.Mesh`, for example `data_mesh()`.
+      params: a list of `Layer`, replicated.
+      xs: shape (batch, n_in); batch must divide across the devices of ``axis``.
+      ys: shape (batch, n_out).
+      axis: the mesh axis the batch is split over.
+      {options}
+
+    Raises:
+      ValueError: the batch does not divide across the devices of ``axis``.
+    """
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    return _sharded_mean_grad(mesh, axis, params, xs, ys, opts)
+
+
+@functools.partial(jax.jit, static_argnames=("mesh", "axis") + STATIC)
+@with_options_doc
 def data_parallel_sgd_step(
     mesh: Mesh,
     params: Params,
@@ -87,31 +100,23 @@ def data_parallel_sgd_step(
     eta: float,
     *,
     axis: str = "data",
-    lmbda: float = 0.0,
+    lmbda: Optional[float] = None,
     n: Optional[int] = None,
-    activation: str | Activation = "sigmoid",
-    output_activation: Optional[str | Activation] = None,
-    cost: str | Cost = "quadratic",
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
 ) -> list[Layer]:
     """`sgd_step` with the mini-batch sharded over ``mesh``; the same result as one device.
+
+    Args:
+      mesh, params, xs, ys, axis: as for `data_parallel_grad`.
+      eta, lmbda, n: as for `sgd_step`.
+      {options}
 
     Raises:
       ValueError: the batch does not divide across the devices of ``axis``.
     """
-    prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    _check_divisible(mesh, axis, xs.shape[0])
-    check_regularisation(lmbda, n)
-    options = dict(activation=activation, output_activation=output_activation, cost=cost)
-    replicated = PartitionSpec()
-
-    @functools.partial(
-        jax.shard_map,
-        mesh=mesh,
-        in_specs=(replicated, PartitionSpec(axis), PartitionSpec(axis), replicated),
-        out_specs=replicated,
-    )
-    def sharded(params, xs, ys, eta):
-        grads = jax.lax.pmean(grad(params, xs, ys, **options), axis)
-        return sgd_update(params, grads, eta, lmbda, n)
-
-    return sharded(params, xs, ys, eta)
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    check_l2(lmbda, n)
+    grads = _sharded_mean_grad(mesh, axis, params, xs, ys, opts)
+    return sgd_update(params, grads, eta, lmbda, n)

@@ -1,9 +1,9 @@
-"""Per-example gradient norms, clipping and DP-SGD from the error terms.
+"""Per-example gradients, their norms, clipping and DP-SGD, from the error terms.
 
 A dense layer's per-example weight gradient is the outer product delta_i (a_i^{l-1})^T
-(eq 99), so its squared Frobenius norm is ||delta_i||^2 ||a_i^{l-1}||^2, and the bias
-gradient's is ||delta_i||^2. Norms therefore cost O(batch * sum_l n_l) memory, never
-the O(batch * sum_l n_in n_out) of materialised per-example gradients.
+(eq 99), so its Frobenius norm is ||delta_i|| ||a_i^{l-1}||, and the bias gradient's is
+||delta_i||. Norms and clipping therefore cost O(batch * sum_l n_l) memory, never the
+O(batch * sum_l n_in n_out) of materialised per-example gradients.
 """
 
 from __future__ import annotations
@@ -14,11 +14,8 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from functional_bp._options import STATIC, Options, prepare
-from functional_bp.activations import Activation
-from functional_bp.backward import error_terms_from_cache, gradients_from_error_terms
-from functional_bp.costs import Cost
-from functional_bp.forward import Cache, forward_any
+from functional_bp._options import STATIC, ActivationArg, CostArg, prepare, with_options_doc
+from functional_bp.backward import Backprop, backprop_batch, layer_gradient, summed_gradients
 from functional_bp.params import Layer, Params
 
 Array = jax.Array
@@ -37,39 +34,61 @@ class PerExampleNorms(NamedTuple):
     layers: list[Layer]
 
 
-def _batch_error_terms(params: Params, xs: Array, ys: Array, opts: Options):
-    """The cache and the per-example delta^l, each (batch, n_l): eqs 90-91 and 96 act
-    row by row on the batch."""
-    cache = forward_any(params, xs, opts)
-    ys = ys.astype(cache.activations[-1].dtype)
-    return cache, error_terms_from_cache(params, cache, ys, opts)
+@functools.partial(jax.jit, static_argnames=STATIC)
+@with_options_doc
+def per_example_grads(
+    params: Params,
+    xs: Array,
+    ys: Array,
+    *,
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
+) -> list[Layer]:
+    """`backprop` of every example in a batch: eq 99 for each example, by `jax.vmap`.
+
+    Args:
+      params: a list of `Layer`.
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out).
+      {options}
+
+    Returns:
+      A list of `Layer`; every leaf has a leading batch axis: w is (batch, n_out, n_in).
+    """
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    cache, _, deltas = backprop_batch(params, xs, ys, opts)
+    return [jax.vmap(layer_gradient)(d, a) for d, a in zip(deltas, cache.activations)]
 
 
-def _norms(cache: Cache, deltas: list[Array]) -> PerExampleNorms:
+def _norm(x: Array) -> Array:
+    """The L2 norm over the last axis, scaled by the largest entry so that squares cannot
+    overflow (float16 activations above 256) or underflow."""
+    largest = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+    safe = jnp.where(largest == 0, 1, largest)
+    return safe[..., 0] * jnp.sqrt(jnp.sum((x / safe) ** 2, axis=-1))
+
+
+def _norms(result: Backprop) -> PerExampleNorms:
     """||delta_i a_i^T||_F = ||delta_i|| ||a_i||, from the (batch, n_l) error terms."""
     layers = []
-    for delta, a_prev in zip(deltas, cache.activations):
-        delta_sq = jnp.sum(delta**2, axis=-1)
-        layers.append(Layer(jnp.sqrt(delta_sq * jnp.sum(a_prev**2, axis=-1)), jnp.sqrt(delta_sq)))
-    total = jnp.sqrt(sum(layer.w**2 + layer.b**2 for layer in layers))
+    for delta, a_prev in zip(result.deltas, result.cache.activations):
+        delta_norm = _norm(delta)
+        layers.append(Layer(delta_norm * _norm(a_prev), delta_norm))
+    total = _norm(jnp.stack([leaf for layer in layers for leaf in layer], axis=-1))
     return PerExampleNorms(total, layers)
 
 
-def _clip_weights(total_norms: Array, clip_norm) -> Array:
-    """min(1, C / ||g_i||); an exactly zero gradient keeps weight 1."""
-    safe = jnp.where(total_norms > 0, total_norms, 1.0)
-    return jnp.minimum(1.0, clip_norm / safe)
-
-
 @functools.partial(jax.jit, static_argnames=STATIC)
+@with_options_doc
 def per_example_grad_norms(
     params: Params,
     xs: Array,
     ys: Array,
     *,
-    activation: str | Activation = "sigmoid",
-    output_activation: Optional[str | Activation] = None,
-    cost: str | Cost = "quadratic",
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
 ) -> PerExampleNorms:
     """The L2 norm of every example's gradient, from the error terms alone.
 
@@ -77,33 +96,44 @@ def per_example_grad_norms(
     ||dC_i/db^l|| = ||delta_i^l|| (eq 7); per-example gradients are never built.
 
     Args:
-      params, xs, ys, activation, output_activation, cost: as for `grad`.
+      params: a list of `Layer`.
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out).
+      {options}
 
     Returns:
       `PerExampleNorms`: ``total`` of shape (batch,) and per-layer ``layers``.
     """
     opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    return _norms(*_batch_error_terms(params, xs, ys, opts))
+    return _norms(backprop_batch(params, xs, ys, opts))
 
 
-def _clipped(params, xs, ys, clip_norm, opts):
-    cache, deltas = _batch_error_terms(params, xs, ys, opts)
-    weights = _clip_weights(_norms(cache, deltas).total, clip_norm) / xs.shape[0]
-    # One weighted backward pass: sum_i w_i delta_i a_i^T, the weights folded into delta.
-    weighted = [delta * weights[:, None] for delta in deltas]
-    return gradients_from_error_terms(weighted, cache)
+def clip_weights(total_norms: Array, clip_norm) -> Array:
+    """min(1, C / ||g_i||). An exactly zero gradient keeps weight 1; a NaN norm gives a
+    NaN weight, so it shows in the result instead of passing unclipped."""
+    safe = jnp.where(total_norms == 0, 1, total_norms)
+    return jnp.minimum(1, clip_norm / safe)
+
+
+def clipped_mean(params: Params, xs: Array, ys: Array, clip_norm, opts) -> list[Layer]:
+    """One weighted backward pass: sum_i w_i delta_i a_i^T with w_i = min(1, C/||g_i||)/B."""
+    result = backprop_batch(params, xs, ys, opts)
+    weights = clip_weights(_norms(result).total, clip_norm) / xs.shape[0]
+    weighted = [delta * weights[:, None] for delta in result.deltas]
+    return summed_gradients(weighted, result.cache)
 
 
 @functools.partial(jax.jit, static_argnames=STATIC)
+@with_options_doc
 def clipped_grad(
     params: Params,
     xs: Array,
     ys: Array,
     clip_norm: float,
     *,
-    activation: str | Activation = "sigmoid",
-    output_activation: Optional[str | Activation] = None,
-    cost: str | Cost = "quadratic",
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
 ) -> list[Layer]:
     """The mean of per-example gradients, each clipped to L2 norm at most ``clip_norm``.
 
@@ -111,14 +141,28 @@ def clipped_grad(
     scale the error terms delta_i before eq 99 sums delta_i a_i^T over the batch.
 
     Args:
+      params: a list of `Layer`.
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out).
       clip_norm: C, the largest norm an example's gradient keeps.
-      params, xs, ys, activation, output_activation, cost: as for `grad`.
+      {options}
     """
     opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    return _clipped(params, xs, ys, clip_norm, opts)
+    return clipped_mean(params, xs, ys, clip_norm, opts)
+
+
+def noisy_clipped_mean(key, params, xs, ys, clip_norm, noise_multiplier, opts) -> list[Layer]:
+    """`clipped_mean` plus N(0, (sigma C / B)^2) on every entry, drawn from ``key``."""
+    grads = clipped_mean(params, xs, ys, clip_norm, opts)
+    std = noise_multiplier * clip_norm / xs.shape[0]
+    leaves, treedef = jax.tree.flatten(grads)
+    keys = jax.random.split(key, len(leaves))
+    noisy = [g + std * jax.random.normal(k, g.shape, g.dtype) for g, k in zip(leaves, keys)]
+    return jax.tree.unflatten(treedef, noisy)
 
 
 @functools.partial(jax.jit, static_argnames=STATIC)
+@with_options_doc
 def private_grad(
     key: Array,
     params: Params,
@@ -127,9 +171,9 @@ def private_grad(
     clip_norm: float,
     noise_multiplier: float,
     *,
-    activation: str | Activation = "sigmoid",
-    output_activation: Optional[str | Activation] = None,
-    cost: str | Cost = "quadratic",
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
 ) -> list[Layer]:
     """The DP-SGD gradient of Abadi et al. (2016): `clipped_grad` plus Gaussian noise.
 
@@ -139,23 +183,22 @@ def private_grad(
 
     Args:
       key: a `jax.random` key for the noise.
+      params: a list of `Layer`.
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out).
       clip_norm: C.
       noise_multiplier: sigma.
-      params, xs, ys, activation, output_activation, cost: as for `grad`.
+      {options}
 
     References:
       Abadi et al., "Deep Learning with Differential Privacy", CCS 2016, Algorithm 1.
     """
     opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    grads = _clipped(params, xs, ys, clip_norm, opts)
-    std = noise_multiplier * clip_norm / xs.shape[0]
-    leaves, treedef = jax.tree.flatten(grads)
-    keys = jax.random.split(key, len(leaves))
-    noisy = [g + std * jax.random.normal(k, g.shape, g.dtype) for g, k in zip(leaves, keys)]
-    return jax.tree.unflatten(treedef, noisy)
+    return noisy_clipped_mean(key, params, xs, ys, clip_norm, noise_multiplier, opts)
 
 
 @functools.partial(jax.jit, static_argnames=STATIC)
+@with_options_doc
 def dp_sgd_step(
     key: Array,
     params: Params,
@@ -165,20 +208,22 @@ def dp_sgd_step(
     clip_norm: float,
     noise_multiplier: float,
     *,
-    activation: str | Activation = "sigmoid",
-    output_activation: Optional[str | Activation] = None,
-    cost: str | Cost = "quadratic",
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
 ) -> list[Layer]:
-    """One DP-SGD step: params - eta * `private_grad`."""
-    grads = private_grad(
-        key,
-        params,
-        xs,
-        ys,
-        clip_norm,
-        noise_multiplier,
-        activation=activation,
-        output_activation=output_activation,
-        cost=cost,
-    )
+    """One DP-SGD step: params - eta * `private_grad`.
+
+    Args:
+      key: a `jax.random` key for the noise.
+      params: a list of `Layer`.
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out).
+      eta: the learning rate.
+      clip_norm: C.
+      noise_multiplier: sigma.
+      {options}
+    """
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    grads = noisy_clipped_mean(key, params, xs, ys, clip_norm, noise_multiplier, opts)
     return jax.tree.map(lambda p, g: p - eta * g, params, grads)

@@ -13,13 +13,12 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from functional_bp._options import STATIC, prepare
-from functional_bp.activations import Activation
-from functional_bp.backward import grad, loss
-from functional_bp.costs import Cost
-from functional_bp.forward import feedforward
+from functional_bp._options import STATIC, ActivationArg, CostArg, Options, prepare, with_options_doc
+from functional_bp.backward import mean_cost, mean_value_and_grad
+from functional_bp.forward import forward_pass
 from functional_bp.params import Layer, Params
 
 Array = jax.Array
@@ -27,74 +26,96 @@ Array = jax.Array
 _UNROLL = 4
 
 
-def check_regularisation(lmbda: float, n: Optional[int]) -> None:
-    if lmbda != 0 and n is None:
-        raise ValueError("Expected n, the size of the training set, with lmbda != 0 (L2 is ηλ/n)")
+def check_l2(lmbda, n) -> None:
+    """network2.py's decay is eta lmbda / n: with lmbda, n is needed."""
+    if lmbda is not None and n is None:
+        raise ValueError("Expected n, the size of the training set, with lmbda (L2 is ηλ/n)")
 
 
-@functools.partial(jax.jit, static_argnames=("lmbda", "n") + STATIC)
+def sgd_update(params: Params, grads: Params, eta, lmbda=None, n=None) -> list[Layer]:
+    """w <- (1 - eta lmbda / n) w - eta dC/dw, b <- b - eta dC/db (network2.py's rule;
+    network.py's without lmbda)."""
+    decay = 1 if lmbda is None else 1 - eta * lmbda / n
+    return [
+        Layer(decay * layer.w - eta * g.w, layer.b - eta * g.b) for layer, g in zip(params, grads)
+    ]
+
+
+def _sgd_step(params, xs, ys, eta, lmbda, n, opts: Options) -> list[Layer]:
+    return sgd_update(params, mean_value_and_grad(params, xs, ys, opts)[1], eta, lmbda, n)
+
+
+@functools.partial(jax.jit, static_argnames=STATIC)
+@with_options_doc
 def sgd_step(
     params: Params,
     xs: Array,
     ys: Array,
     eta: float,
     *,
-    lmbda: float = 0.0,
+    lmbda: Optional[float] = None,
     n: Optional[int] = None,
-    activation: str | Activation = "sigmoid",
-    output_activation: Optional[str | Activation] = None,
-    cost: str | Cost = "quadratic",
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
 ) -> list[Layer]:
     """One step of mini-batch gradient descent with the hand-written `grad`.
 
     network.py's ``update_mini_batch``: w <- w - eta * mean(dC/dw), b likewise; with
-    ``lmbda`` > 0, network2.py's L2 form w <- (1 - eta*lmbda/n) w - eta * mean(dC/dw)
-    (biases are not decayed).
+    ``lmbda``, network2.py's L2 form w <- (1 - eta*lmbda/n) w - eta * mean(dC/dw)
+    (biases are not decayed). ``eta``, ``lmbda`` and ``n`` are traced: new values do
+    not compile again.
 
     Args:
       params: a list of `Layer`.
       xs: the mini-batch, shape (batch, n_in).
       ys: its targets, shape (batch, n_out).
       eta: the learning rate.
-      lmbda: the L2 regularisation parameter lambda (static: a new value compiles anew).
-      n: the size of the whole training set, needed when ``lmbda`` != 0 (static).
-      activation, output_activation, cost: as for `grad`.
+      lmbda: the L2 regularisation parameter lambda; None (the default) for none.
+      n: the size of the whole training set, needed with ``lmbda``.
+      {options}
 
     Returns:
       New params; ``params`` is not changed.
     """
-    check_regularisation(lmbda, n)
-    grads = grad(
-        params, xs, ys, activation=activation, output_activation=output_activation, cost=cost
-    )
-    return sgd_update(params, grads, eta, lmbda, n)
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    check_l2(lmbda, n)
+    return _sgd_step(params, xs, ys, eta, lmbda, n, opts)
 
 
-def sgd_update(params: Params, grads: Params, eta, lmbda: float, n: Optional[int]) -> list[Layer]:
-    """w <- (1 - eta*lmbda/n) w - eta dC/dw, b <- b - eta dC/db (network2.py's rule)."""
-    decay = 1.0 if n is None else 1.0 - eta * lmbda / n
-    return [
-        Layer(decay * layer.w - eta * g.w, layer.b - eta * g.b) for layer, g in zip(params, grads)
-    ]
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"Expected batch_size to be a positive int, got {batch_size!r} instead")
 
 
-def _scan_epoch(
+def scan_epoch(
     key: Array,
     carry: Any,
     xs: Array,
     ys: Array,
-    batch_size: int,
     step: Callable[[Any, Array, Array], Any],
+    *,
+    batch_size: int,
 ) -> Any:
-    """Shuffles, then applies ``step(carry, xs_batch, ys_batch)`` to every mini-batch.
+    """One epoch of any step: shuffle with ``key``, then ``carry = step(carry, xb, yb)``
+    for every mini-batch, inside one `jax.lax.scan`.
 
-    Full mini-batches run inside one `jax.lax.scan`. The shuffled mini-batches are
-    gathered once per epoch, a copy of the data set: one large gather is faster than a
-    small one per step (measured with scripts/bench.py's epoch case, about 20 % at
-    batch 10), and the loop is unrolled 4 times to cut per-iteration overhead. A last,
-    partial mini-batch (when ``batch_size`` does not divide the number of examples) is
-    one more step of its smaller size, as in network.py, which keeps it.
+    `train_epoch` and `optax_epoch` are this with their steps; pass your own step (a
+    `jax.grad` step, another optimizer) to run it the same way. The shuffled
+    mini-batches are gathered once per epoch, a copy of the data set: one large gather
+    is faster than a small one per step (measured with scripts/bench.py's epoch case,
+    about 20 % at batch 10), and the loop is unrolled 4 times to cut per-iteration
+    overhead. A last, partial mini-batch (when ``batch_size`` does not divide the number
+    of examples) is one more step of its smaller size, as in network.py, which keeps it.
+
+    Args:
+      key: a `jax.random` key for the shuffle (``jax.random.permutation(key, n)``).
+      carry: what ``step`` updates: params, or (params, opt_state), ...
+      xs, ys: the training set, each with a leading axis of the examples.
+      step: ``step(carry, xb, yb) -> carry``.
+      batch_size: examples per mini-batch.
     """
+    _check_batch_size(batch_size)
     num_examples = xs.shape[0]
     order = jax.random.permutation(key, num_examples)
     num_full = num_examples // batch_size
@@ -110,13 +131,8 @@ def _scan_epoch(
     return carry
 
 
-def _check_epoch(params, xs, ys, batch_size, options) -> None:
-    prepare(params, xs, ys, **options, batched=True)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Expected batch_size to be a positive int, got {batch_size!r} instead")
-
-
-@functools.partial(jax.jit, static_argnames=("batch_size", "lmbda", "n") + STATIC)
+@functools.partial(jax.jit, static_argnames=("batch_size",) + STATIC)
+@with_options_doc
 def train_epoch(
     key: Array,
     params: Params,
@@ -125,11 +141,11 @@ def train_epoch(
     eta: float,
     *,
     batch_size: int,
-    lmbda: float = 0.0,
+    lmbda: Optional[float] = None,
     n: Optional[int] = None,
-    activation: str | Activation = "sigmoid",
-    output_activation: Optional[str | Activation] = None,
-    cost: str | Cost = "quadratic",
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
 ) -> list[Layer]:
     """One epoch of network.py's SGD: shuffle, cut mini-batches, `sgd_step` each.
 
@@ -137,25 +153,32 @@ def train_epoch(
       key: a `jax.random` key for the shuffle.
       params: a list of `Layer`.
       xs, ys: the training set, shapes (num_examples, n_in) and (num_examples, n_out).
-      eta, lmbda, n: as for `sgd_step`; ``n`` defaults to ``num_examples``.
+      eta: the learning rate (traced).
       batch_size: examples per mini-batch. When it does not divide ``num_examples``,
         the last, smaller mini-batch is one more step, as in network.py.
-      activation, output_activation, cost: as for `grad`.
+      lmbda, n: as for `sgd_step` (traced); ``n`` defaults to ``num_examples``.
+      {options}
 
     Returns:
       The params after the epoch.
     """
-    options = dict(activation=activation, output_activation=output_activation, cost=cost)
-    _check_epoch(params, xs, ys, batch_size, options)
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
     n = xs.shape[0] if n is None else n
 
     def step(params, xb, yb):
-        return sgd_step(params, xb, yb, eta, lmbda=lmbda, n=n, **options)
+        return _sgd_step(params, xb, yb, eta, lmbda, n, opts)
 
-    return _scan_epoch(key, params, xs, ys, batch_size, step)
+    return scan_epoch(key, params, xs, ys, step, batch_size=batch_size)
+
+
+def _optax_step(optimizer, params, opt_state, xs, ys, opts: Options):
+    grads = mean_value_and_grad(params, xs, ys, opts)[1]
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
 
 
 @functools.partial(jax.jit, static_argnames=("optimizer",) + STATIC)
+@with_options_doc
 def optax_step(
     optimizer: optax.GradientTransformation,
     params: Params,
@@ -163,9 +186,9 @@ def optax_step(
     xs: Array,
     ys: Array,
     *,
-    activation: str | Activation = "sigmoid",
-    output_activation: Optional[str | Activation] = None,
-    cost: str | Cost = "quadratic",
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
 ) -> tuple[list[Layer], optax.OptState]:
     """One step of any optax optimizer driven by the hand-written `grad`.
 
@@ -175,17 +198,23 @@ def optax_step(
         opt_state = optimizer.init(params)
         params, opt_state = optax_step(optimizer, params, opt_state, xs, ys)
 
+    Args:
+      optimizer: an `optax.GradientTransformation` (static: hashed by identity).
+      params: a list of `Layer`.
+      opt_state: ``optimizer.init(params)`` or the state a previous step returned.
+      xs: the mini-batch, shape (batch, n_in).
+      ys: its targets, shape (batch, n_out).
+      {options}
+
     Returns:
       ``(params, opt_state)``, both new.
     """
-    grads = grad(
-        params, xs, ys, activation=activation, output_activation=output_activation, cost=cost
-    )
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    return _optax_step(optimizer, params, opt_state, xs, ys, opts)
 
 
 @functools.partial(jax.jit, static_argnames=("optimizer", "batch_size") + STATIC)
+@with_options_doc
 def optax_epoch(
     key: Array,
     optimizer: optax.GradientTransformation,
@@ -195,26 +224,60 @@ def optax_epoch(
     ys: Array,
     *,
     batch_size: int,
-    activation: str | Activation = "sigmoid",
-    output_activation: Optional[str | Activation] = None,
-    cost: str | Cost = "quadratic",
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
 ) -> tuple[list[Layer], optax.OptState]:
-    """`train_epoch` with `optax_step` in place of `sgd_step`: any optax optimizer."""
-    options = dict(activation=activation, output_activation=output_activation, cost=cost)
-    _check_epoch(params, xs, ys, batch_size, options)
+    """`train_epoch` with `optax_step` in place of `sgd_step`: any optax optimizer.
+
+    Args:
+      key: a `jax.random` key for the shuffle.
+      optimizer: an `optax.GradientTransformation`.
+      params: a list of `Layer`.
+      opt_state: the optimizer's state.
+      xs, ys: the training set, shapes (num_examples, n_in) and (num_examples, n_out).
+      batch_size: examples per mini-batch, as for `train_epoch`.
+      {options}
+
+    Returns:
+      ``(params, opt_state)`` after the epoch.
+    """
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
 
     def step(carry, xb, yb):
-        return optax_step(optimizer, *carry, xb, yb, **options)
+        return _optax_step(optimizer, *carry, xb, yb, opts)
 
-    return _scan_epoch(key, (params, opt_state), xs, ys, batch_size, step)
+    return scan_epoch(key, (params, opt_state), xs, ys, step, batch_size=batch_size)
 
 
 def _in_batches(fn: Callable[[Array, Array], Array], xs, ys, batch_size: int) -> Array:
     """Sum of ``fn`` over consecutive batches (each a jitted call of at most two shapes)."""
-    total = 0.0
+    _check_batch_size(batch_size)
+    total = 0
     for start in range(0, xs.shape[0], batch_size):
         total = total + fn(xs[start : start + batch_size], ys[start : start + batch_size])
     return total
+
+
+@functools.partial(jax.jit, static_argnames="opts")
+def _count_correct(params: Params, xs: Array, labels: Array, opts: Options) -> Array:
+    outputs = forward_pass(params, xs, opts).activations[-1]
+    return jnp.sum(jnp.argmax(outputs, axis=-1) == labels)
+
+
+@functools.partial(jax.jit, static_argnames="opts")
+def _summed_cost(params: Params, xs: Array, ys: Array, opts: Options) -> Array:
+    return mean_cost(params, xs, ys, opts) * xs.shape[0]
+
+
+def _check_labels(labels, xs) -> None:
+    shape, dtype = np.shape(labels), jnp.result_type(labels)
+    if len(shape) != 1 or shape[0] != np.shape(xs)[0] or not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(
+            f"Expected labels to be class indices, integers of shape ({np.shape(xs)[0]},) "
+            f"for xs of shape {np.shape(xs)}, got {dtype} of shape {shape} instead "
+            "(one-hot targets? pass their argmax)"
+        )
 
 
 def evaluate(
@@ -223,20 +286,22 @@ def evaluate(
     labels: Array,
     *,
     batch_size: int = 10_000,
-    activation: str | Activation = "sigmoid",
-    output_activation: Optional[str | Activation] = None,
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
 ) -> int:
     """network.py's ``evaluate``: how many examples have argmax(a^L) == label.
 
     Args:
-      labels: class indices, shape (num_examples,).
+      params: a list of `Layer`.
+      xs: shape (num_examples, n_in).
+      labels: class indices, integers of shape (num_examples,).
+      batch_size: examples per jitted call.
+      activation, output_activation: as for `feedforward`.
     """
-
-    def correct(xb, lb):
-        out = feedforward(params, xb, activation=activation, output_activation=output_activation)
-        return jnp.sum(jnp.argmax(out, axis=-1) == lb)
-
-    return int(_in_batches(correct, xs, labels, batch_size))
+    opts = prepare(params, xs, None, activation, output_activation, None, batched=True)
+    _check_labels(labels, xs)
+    correct = _in_batches(lambda xb, lb: _count_correct(params, xb, lb, opts), xs, labels, batch_size)
+    return int(correct)
 
 
 def accuracy(params: Params, xs: Array, labels: Array, **kwargs) -> float:
@@ -244,6 +309,7 @@ def accuracy(params: Params, xs: Array, labels: Array, **kwargs) -> float:
     return evaluate(params, xs, labels, **kwargs) / xs.shape[0]
 
 
+@with_options_doc
 def total_cost(
     params: Params,
     xs: Array,
@@ -251,15 +317,21 @@ def total_cost(
     *,
     lmbda: float = 0.0,
     batch_size: int = 10_000,
-    activation: str | Activation = "sigmoid",
-    output_activation: Optional[str | Activation] = None,
-    cost: str | Cost = "quadratic",
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
 ) -> float:
-    """network2.py's ``total_cost``: the mean cost plus the L2 term lmbda/(2n) sum w^2."""
-    options = dict(activation=activation, output_activation=output_activation, cost=cost)
-    summed = _in_batches(
-        lambda xb, yb: loss(params, xb, yb, **options) * xb.shape[0], xs, ys, batch_size
-    )
+    """network2.py's ``total_cost``: the mean cost plus the L2 term lmbda/(2n) sum w^2.
+
+    Args:
+      params: a list of `Layer`.
+      xs, ys: shapes (num_examples, n_in) and (num_examples, n_out).
+      lmbda: the L2 regularisation parameter lambda.
+      batch_size: examples per jitted call.
+      {options}
+    """
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    summed = _in_batches(lambda xb, yb: _summed_cost(params, xb, yb, opts), xs, ys, batch_size)
     num_examples = xs.shape[0]
     l2 = 0.5 * lmbda / num_examples * sum(jnp.sum(layer.w**2) for layer in params)
     return float(summed / num_examples + l2)

@@ -22,9 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import functional_bp as fbp
-from functional_bp.per_example import clipped_grad, per_example_grad_norms
-from functional_bp.timing import interleaved_medians
-from functional_bp.training import _scan_epoch, train_epoch
+from functional_bp import (
+    clipped_grad,
+    interleaved_medians,
+    per_example_grad_norms,
+    scan_epoch,
+    train_epoch,
+)
 
 SIZES = [
     ([784, 30, 10], 10),
@@ -180,7 +184,7 @@ def case_epoch(quick, gemm_gflops):
             g = jax.grad(autodiff_loss)(p, xb, yb)
             return jax.tree.map(lambda w, d: w - 3.0 * d, p, g)
 
-        return _scan_epoch(key, params, xs, ys, batch, step)
+        return scan_epoch(key, params, xs, ys, step, batch_size=batch)
 
     # network.py in NumPy (float64, as network.py computes), interleaved with the JAX
     # epochs; timed on the first numpy_n examples and scaled to the epoch.

@@ -14,11 +14,11 @@ from conftest import assert_tree_close, output_activation_for, random_problem
 
 import functional_bp as fbp
 from functional_bp.cli import main
-from functional_bp.custom_vjp import mlp
-from functional_bp.diagnostics import layer_gradient_norms
-from functional_bp.per_example import (
+from functional_bp import (
     clipped_grad,
     dp_sgd_step,
+    layer_gradient_norms,
+    mlp,
     per_example_grad_norms,
     private_grad,
 )
@@ -197,8 +197,7 @@ PARALLEL_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_enable_x64", True)
     import functional_bp as fbp
-    from functional_bp.parallel import data_mesh, data_parallel_grad, data_parallel_sgd_step
-    from functional_bp.training import sgd_step
+    from functional_bp import data_mesh, data_parallel_grad, data_parallel_sgd_step, sgd_step
     assert len(jax.devices()) == 8, jax.devices()
     params = fbp.init_mlp(jax.random.key(0), [9, 7, 3], dtype=jnp.float64)
     xs = jax.random.uniform(jax.random.key(1), (16, 9), jnp.float64)

@@ -9,7 +9,7 @@ from conftest import assert_tree_close, random_problem
 from test_numpy_reference import network_py_mean_gradient
 
 import functional_bp as fbp
-from functional_bp.training import (
+from functional_bp import (
     accuracy,
     evaluate,
     optax_epoch,

@@ -70,7 +70,7 @@ def test_bad_input_raises_before_computation(params, xs, ys, error, match, monke
     def must_not_run(*args, **kwargs):
         raise AssertionError("computation started before validation")
 
-    monkeypatch.setattr(backward, "forward_any", must_not_run)
+    monkeypatch.setattr(backward, "forward_pass", must_not_run)
     with pytest.raises(error, match=match):
         fbp.grad(params, xs, ys)
 
@@ -87,7 +87,7 @@ def test_single_example_functions_check_shapes():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(activation="softmax"), r"Unknown activation 'softmax'.*sigmoid"),
+        (dict(activation="swish"), r"Unknown activation 'swish'.*softmax"),
         (dict(output_activation="gelu"), r"Unknown activation 'gelu'"),
         (dict(cost="hinge"), r"Unknown cost 'hinge'.*cross_entropy"),
         (dict(activation="relu", cost="cross_entropy"), r"cross_entropy.*\(0, 1\).*'relu'"),
