@@ -1,4 +1,6 @@
+import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -6,16 +8,74 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 # Catches the classic (n,) vs (n, 1) broadcasting bug of hand-written backprop.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Tests check values, not speed: XLA compiles faster without its optimisation passes.
+jax.config.update("jax_disable_most_optimizations", True)
 
 import functional_bp as fbp  # noqa: E402
 
+# (hidden activation, output activation, cost): every activation with every cost it is
+# defined for, softmax among them.
 ACTIVATION_NAMES = ["sigmoid", "tanh", "relu", "identity"]
-COST_NAMES = ["quadratic", "squared_error", "cross_entropy"]
+COMBOS = (
+    [(act, None, cost) for act in ACTIVATION_NAMES for cost in ("quadratic", "squared_error")]
+    + [(act, "sigmoid", "cross_entropy") for act in ACTIVATION_NAMES]
+    + [(act, "softmax", "log_likelihood") for act in ACTIVATION_NAMES]
+    + [
+        ("tanh", "sigmoid", "log_likelihood"),
+        ("sigmoid", "softmax", "quadratic"),
+        ("softmax", "sigmoid", "cross_entropy"),
+    ]
+)
 
 
-def output_activation_for(activation, cost):
-    """Cross-entropy is defined for outputs in (0, 1): it gets a sigmoid output layer."""
-    return "sigmoid" if cost == "cross_entropy" else None
+def combo_id(combo):
+    act, out, cost = combo
+    return f"{act}-{out or act}-{cost}"
+
+
+def options(combo):
+    act, out, cost = combo
+    return dict(activation=act, output_activation=out, cost=cost)
+
+
+# User objects whose derivatives reduce over the neurons of one example: the batched
+# paths must call them on one example at a time.
+NORM_COST = fbp.Cost(
+    lambda a, y: jnp.linalg.norm(a - y),
+    lambda a, y: (a - y) / jnp.linalg.norm(a - y),
+    name="norm",
+)
+LOGSUMEXP_COST = fbp.Cost(  # softmax cross-entropy written on the outputs a
+    lambda a, y: jax.nn.logsumexp(a) - jnp.dot(y, a) / jnp.sum(y),
+    lambda a, y: jax.nn.softmax(a) - y / jnp.sum(y),
+    name="logsumexp",
+)
+
+
+def _normalise_vjp(z, a, g):
+    # a = z / s with s = sqrt(1 + |z|^2): da_j/dz_k = delta_jk / s - z_j z_k / s^3.
+    s = jnp.sqrt(1 + jnp.dot(z, z))
+    return g / s - z * jnp.dot(g, z) / s**3
+
+
+NORMALISE = fbp.Activation(
+    lambda z: z / jnp.sqrt(1 + jnp.dot(z, z)), name="normalise", vjp=_normalise_vjp
+)
+
+
+def reference_loss(params, xs, ys, hidden, output, cost):
+    """The mean cost written directly in jax.numpy, for jax.grad to differentiate.
+
+    ``hidden``, ``output``: sigma of one example; ``cost``: C(a, y) of one example.
+    """
+
+    def one(x, y):
+        a = x
+        for l, layer in enumerate(params, start=1):
+            a = (output if l == len(params) else hidden)(layer.w @ a + layer.b)
+        return cost(a, y)
+
+    return jnp.mean(jax.vmap(one)(xs, ys))
 
 
 def random_sizes(rng, *, max_depth=5, max_width=64):
@@ -45,14 +105,16 @@ def random_problem(seed, dtype=np.float64, batch=None, sizes=None, cost="quadrat
 
 
 def assert_tree_close(actual, expected, rtol):
-    """Structure first, then each leaf to rtol relative to that leaf's largest entry."""
-    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    """Structure, shapes and dtypes first, then each leaf to rtol relative to that leaf's
+    largest entry (so that entries near zero do not need an absolute tolerance)."""
+    # In numpy: eager jax.numpy would compile a small program for every new shape.
+    actual, expected = jax.device_get((actual, expected))
+    chex.assert_trees_all_equal_structs(actual, expected)
+    chex.assert_trees_all_equal_shapes_and_dtypes(actual, expected)
     for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-        a, e = np.asarray(a), np.asarray(e)
-        assert a.shape == e.shape and a.dtype == e.dtype, (a.shape, a.dtype, e.shape, e.dtype)
         assert np.all(np.isfinite(a)) and np.all(np.isfinite(e))
-        scale = float(np.max(np.abs(e))) if e.size else 0.0
-        np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * scale)
+        scale = float(np.max(np.abs(e))) if np.size(e) else 0.0
+        chex.assert_trees_all_close(a, e, rtol=rtol, atol=rtol * scale)
 
 
 @pytest.fixture

@@ -1,97 +1,94 @@
-"""Every gradient path against jax.grad, on many random architectures."""
+"""Every gradient path against jax.grad, on many random architectures.
 
-import itertools
+Each random problem runs every path inside one `jax.jit` (the public functions are
+jitted themselves and inline into it), so a problem costs one compilation, not one per
+path.
+"""
 
+import functools
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import (
-    ACTIVATION_NAMES,
-    COST_NAMES,
-    assert_tree_close,
-    output_activation_for,
-    random_problem,
-)
+from conftest import COMBOS, assert_tree_close, combo_id, options, random_problem
 
 import functional_bp as fbp
 
-COMBOS = list(itertools.product(ACTIVATION_NAMES, COST_NAMES))
 SEEDS_PER_COMBO = 4
 
 
-def _options(activation, cost):
+@functools.partial(jax.jit, static_argnames="combo")
+def every_path(params, xs, ys, combo):
+    opts = options(combo)
+    loss = lambda p: fbp.loss(p, xs, ys, **opts)
+    one_loss = lambda p, x, y: fbp.loss(p, x[None], y[None], **opts)
+    value, grads = fbp.value_and_grad(params, xs, ys, **opts)
     return dict(
-        activation=activation,
-        output_activation=output_activation_for(activation, cost),
-        cost=cost,
+        grad=fbp.grad(params, xs, ys, **opts),
+        value=value,
+        value_and_grad=grads,
+        loss=loss(params),
+        per_example=fbp.per_example_grads(params, xs, ys, **opts),
+        backprop=fbp.backprop(params, xs[0], ys[0], **opts),
+        autodiff=jax.grad(loss)(params),
+        autodiff_per_example=jax.vmap(jax.grad(one_loss), in_axes=(None, 0, 0))(params, xs, ys),
     )
 
 
-def _autodiff_example_grad(params, x, y, opts):
-    """jax.grad of the cost of one example (a batch of one, whose mean is that cost)."""
-    return jax.grad(lambda p: fbp.loss(p, x[None], y[None], **opts))(params)
-
-
-def _autodiff_per_example(params, xs, ys, opts):
-    return jax.jit(jax.vmap(lambda x, y: _autodiff_example_grad(params, x, y, opts)))(xs, ys)
-
-
-@pytest.mark.parametrize("activation,cost", COMBOS)
-def test_float64_every_path_equals_jax_grad(activation, cost):
-    opts = _options(activation, cost)
+@pytest.mark.parametrize("combo", COMBOS, ids=combo_id)
+def test_float64_every_path_equals_jax_grad(combo):
     for seed in range(SEEDS_PER_COMBO):
-        params, xs, ys = random_problem(seed + 100 * COMBOS.index((activation, cost)))
-        autodiff = jax.jit(jax.grad(lambda p: fbp.loss(p, xs, ys, **opts)))(params)
+        params, xs, ys = random_problem(seed + 100 * COMBOS.index(combo))
+        got = every_path(params, xs, ys, combo)
+        assert_tree_close(got["grad"], got["autodiff"], 1e-10)
+        assert_tree_close(got["value_and_grad"], got["autodiff"], 1e-10)
+        np.testing.assert_allclose(got["value"], got["loss"], rtol=1e-12)
 
-        assert_tree_close(fbp.grad(params, xs, ys, **opts), autodiff, 1e-10)
-        value, grads = fbp.value_and_grad(params, xs, ys, **opts)
-        assert_tree_close(grads, autodiff, 1e-10)
-        np.testing.assert_allclose(value, fbp.loss(params, xs, ys, **opts), rtol=1e-12)
-
-        per_example = fbp.per_example_grads(params, xs, ys, **opts)
-        assert jax.tree.structure(per_example) == jax.tree.structure(params)
+        per_example = got["per_example"]
         for g, p in zip(jax.tree.leaves(per_example), jax.tree.leaves(params)):
             assert g.shape == (xs.shape[0],) + p.shape
-        mean = jax.tree.map(lambda g: jnp.mean(g, axis=0), per_example)
-        assert_tree_close(mean, fbp.grad(params, xs, ys, **opts), 1e-10)
-
-        expected = _autodiff_per_example(params, xs, ys, opts)
-        assert_tree_close(per_example, expected, 1e-10)
-        assert_tree_close(
-            fbp.backprop(params, xs[0], ys[0], **opts),
-            jax.tree.map(lambda g: g[0], expected),
-            1e-10,
-        )
+        assert_tree_close(per_example, got["autodiff_per_example"], 1e-10)
+        mean = jax.tree.map(lambda g: np.mean(g, axis=0), jax.device_get(per_example))
+        assert_tree_close(mean, got["grad"], 1e-10)
+        first = jax.tree.map(lambda g: g[0], jax.device_get(got["autodiff_per_example"]))
+        assert_tree_close(got["backprop"], first, 1e-10)
 
 
-@pytest.mark.parametrize("activation,cost", COMBOS)
-def test_float32_equals_jax_grad_at_dtype_tolerance(activation, cost):
-    opts = _options(activation, cost)
+@functools.partial(jax.jit, static_argnames="combo")
+def float32_paths(params, xs, ys, combo):
+    opts = options(combo)
+    return dict(
+        grad=fbp.grad(params, xs, ys, **opts),
+        autodiff=jax.grad(lambda p: fbp.loss(p, xs, ys, **opts))(params),
+        backprop=fbp.backprop(params, xs[0], ys[0], **opts),
+        autodiff_one=jax.grad(lambda p: fbp.loss(p, xs[:1], ys[:1], **opts))(params),
+    )
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=combo_id)
+def test_float32_equals_jax_grad_at_dtype_tolerance(combo):
     rtol = fbp.gradcheck.tolerances(np.float32)[0]
     for seed in range(2):
         params, xs, ys = random_problem(seed, dtype=np.float32)
-        assert params[0].w.dtype == jnp.float32
-        autodiff = jax.jit(jax.grad(lambda p: fbp.loss(p, xs, ys, **opts)))(params)
-        grads = fbp.grad(params, xs, ys, **opts)
-        assert grads[0].w.dtype == jnp.float32
-        assert_tree_close(grads, autodiff, rtol)
-        expected = _autodiff_example_grad(params, xs[0], ys[0], opts)
-        assert_tree_close(fbp.backprop(params, xs[0], ys[0], **opts), expected, rtol)
+        got = float32_paths(params, xs, ys, combo)
+        assert got["grad"][0].w.dtype == jnp.float32
+        assert_tree_close(got["grad"], got["autodiff"], rtol)
+        assert_tree_close(got["backprop"], got["autodiff_one"], rtol)
 
 
-@pytest.mark.parametrize("activation,cost", COMBOS)
-def test_finite_differences_agree(activation, cost):
+@pytest.mark.parametrize("combo", COMBOS, ids=combo_id)
+def test_finite_differences_agree(combo):
     """Chapter 10 eq 78, centrally: the check passes at rtol 1e-6 in float64."""
-    opts = _options(activation, cost)
     for seed in range(2):
-        params, xs, ys = random_problem(seed + 7 + 100 * COMBOS.index((activation, cost)))
-        result = fbp.check_gradients(params, xs, ys, **opts, fd_entries=8)
+        params, xs, ys = random_problem(seed + 7 + 100 * COMBOS.index(combo))
+        result = fbp.check_gradients(params, xs, ys, **options(combo), fd_entries=8)
         assert result.rtol_fd == 1e-6 and result.rtol_autodiff == 1e-10
         assert result.ok, str(result)
 
 
-def test_without_jit_equals_jitted():
+def test_eager_equals_jitted():
     params, xs, ys = random_problem(3, sizes=[6, 5, 4, 3])
     jitted = fbp.grad(params, xs, ys)
     with jax.disable_jit():
@@ -101,35 +98,29 @@ def test_without_jit_equals_jitted():
     assert_tree_close(eager_one, fbp.backprop(params, xs[0], ys[0]), 1e-12)
 
 
-def test_inside_callers_jit_and_vmap():
-    params, xs, ys = random_problem(4, sizes=[5, 7, 3], batch=6)
+class InsideCallersTransformsTest(chex.TestCase):
+    """The public functions inside the caller's jax.jit and without it (chex variants)."""
 
-    @jax.jit
-    def user_step(p, x, y):
-        grads = fbp.grad(p, x, y, activation="tanh")
-        return jax.tree.map(lambda w, g: w - 0.1 * g, p, grads)
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_sgd_step_written_by_the_caller(self):
+        params, xs, ys = random_problem(4, sizes=[5, 7, 3], batch=6)
 
-    stepped = user_step(params, xs, ys)
-    expected_grads = jax.grad(lambda p: fbp.loss(p, xs, ys, activation="tanh"))(params)
-    assert_tree_close(
-        stepped, jax.tree.map(lambda w, g: w - 0.1 * g, params, expected_grads), 1e-10
-    )
+        @self.variant
+        def user_step(p, x, y):
+            grads = fbp.grad(p, x, y, activation="tanh", output_activation="softmax")
+            return jax.tree.map(lambda w, g: w - 0.1 * g, p, grads)
 
-    vmapped = jax.jit(jax.vmap(lambda x, y: fbp.backprop(params, x, y)))(xs, ys)
-    assert_tree_close(vmapped, fbp.per_example_grads(params, xs, ys), 1e-12)
+        opts = dict(activation="tanh", output_activation="softmax")
+        expected = jax.grad(lambda p: fbp.loss(p, xs, ys, **opts))(params)
+        assert_tree_close(
+            user_step(params, xs, ys), jax.tree.map(lambda w, g: w - 0.1 * g, params, expected), 1e-10
+        )
 
-
-def test_custom_activation_and_cost():
-    softplus = fbp.Activation(jax.nn.softplus, jax.nn.sigmoid, name="softplus")
-    # A Huber-like cost with its own derivative with respect to a.
-    smooth_l1 = fbp.Cost(
-        lambda a, y: jnp.sum(jnp.sqrt(1 + (a - y) ** 2) - 1),
-        lambda a, y: (a - y) / jnp.sqrt(1 + (a - y) ** 2),
-    )
-    params, xs, ys = random_problem(5, sizes=[4, 6, 6, 2])
-    opts = dict(activation=softplus, cost=smooth_l1)
-    autodiff = jax.grad(lambda p: fbp.loss(p, xs, ys, **opts))(params)
-    assert_tree_close(fbp.grad(params, xs, ys, **opts), autodiff, 1e-10)
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_vmap_of_backprop_is_per_example_grads(self):
+        params, xs, ys = random_problem(5, sizes=[5, 4, 3], batch=6)
+        vmapped = self.variant(jax.vmap(lambda x, y: fbp.backprop(params, x, y)))(xs, ys)
+        assert_tree_close(vmapped, fbp.per_example_grads(params, xs, ys), 1e-12)
 
 
 def test_error_terms_are_dC_dz():
@@ -148,6 +139,26 @@ def test_error_terms_are_dC_dz():
 
     expected = jax.grad(cost_with_shifts)([jnp.zeros(n) for n in (5, 4, 2)])
     assert_tree_close(deltas, expected, 1e-10)
+
+
+def test_the_three_equations_compose_into_backprop():
+    """output_error (eqs 90-91), hidden_error (eq 96) and layer_gradient (eq 99), called
+    by hand for one example, give `backprop`."""
+    params, xs, ys = random_problem(9, sizes=[4, 6, 5, 3])
+    x, y = xs[0], ys[0]
+    _, cache = fbp.forward(params, x, activation="tanh", output_activation="softmax")
+    delta = fbp.output_error(
+        cache.zs[-1], cache.activations[-1], y, output_activation="softmax", cost="log_likelihood"
+    )
+    deltas = [delta]
+    for l in (2, 1):
+        delta = fbp.hidden_error(
+            params[l].w, delta, cache.zs[l - 1], cache.activations[l], activation="tanh"
+        )
+        deltas.insert(0, delta)
+    by_hand = [fbp.layer_gradient(d, a) for d, a in zip(deltas, cache.activations)]
+    opts = dict(activation="tanh", output_activation="softmax", cost="log_likelihood")
+    assert_tree_close(by_hand, fbp.backprop(params, x, y, **opts), 1e-12)
 
 
 def test_feedforward_and_forward_cache():

@@ -147,7 +147,7 @@ def test_extreme_pre_activations_stay_finite():
     ys = jnp.array([[0.0, 1.0], [1.0, 0.0]], jnp.float32)
     _, cache = fbp.forward(params, xs)
     assert float(jnp.max(jnp.abs(cache.zs[0]))) == 1000.0
-    for activation in ["sigmoid", "tanh", "relu", "identity"]:
+    for activation in ["sigmoid", "tanh", "relu", "identity", "softmax"]:
         for cost in ["quadratic", "squared_error", "cross_entropy"]:
             out = "sigmoid" if cost == "cross_entropy" else None
             opts = dict(activation=activation, output_activation=out, cost=cost)
@@ -156,3 +156,91 @@ def test_extreme_pre_activations_stay_finite():
             assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads)), (activation, cost)
             out_act = dict(activation=activation, output_activation=out)
             assert np.all(np.isfinite(fbp.feedforward(params, xs, **out_act)))
+
+
+SCALAR_DERIVATIVE = fbp.Activation(jnp.tanh, lambda z: jnp.sum(1 - jnp.tanh(z) ** 2), name="bad")
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (
+            dict(activation=SCALAR_DERIVATIVE),
+            r"Activation 'bad' of layer 1: derivative returned shape \(\) for one example "
+            r"\(shapes \(4,\)\); expected \(4,\)",
+        ),
+        (
+            dict(activation=fbp.Activation(lambda z: jnp.concatenate([z, z]), jnp.ones_like)),
+            r"Activation 'custom' of layer 1: fn returned shape \(8,\).*expected \(4,\)",
+        ),
+        (
+            dict(output_activation=fbp.Activation(jnp.tanh, vjp=lambda z, a, g: jnp.dot(g, a))),
+            r"Activation 'custom' of layer 2: vjp\(z, a, g\) returned shape \(\).*expected \(2,\)",
+        ),
+        (
+            dict(cost=fbp.Cost(lambda a, y: (a - y) ** 2, lambda a, y: 2 * (a - y), "sq")),
+            r"Cost 'sq': fn returned shape \(2,\) for one example \(shapes \(2,\), \(2,\)\); "
+            r"expected \(\)",
+        ),
+        (
+            dict(cost=fbp.Cost(lambda a, y: jnp.sum(a - y), lambda a, y: jnp.sum(a - y), "s")),
+            r"Cost 's': derivative returned shape \(\).*expected \(2,\)",
+        ),
+        (
+            dict(cost=fbp.Cost(lambda a, y: jnp.sum(a @ jnp.ones((3, 3))), lambda a, y: a, "m")),
+            r"Cost 'm': fn failed on one example \(shapes \(2,\), \(2,\)\)",
+        ),
+        (
+            dict(activation=fbp.Activation(jnp.tanh)),
+            r"Activation 'custom' to have a callable derivative.*or vjp",
+        ),
+    ],
+)
+def test_user_objects_are_checked_against_their_contract(kwargs, match, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("computation started before validation")
+
+    monkeypatch.setattr(backward, "forward_pass", must_not_run)
+    error = TypeError if "callable" in match else ValueError
+    with pytest.raises(error, match=match):
+        fbp.grad(GOOD, X, Y, **kwargs)
+
+
+def test_softmax_log_likelihood_finite_at_1000_in_float32():
+    w = jnp.array([[1000.0, 0.0], [0.0, -1000.0], [500.0, 500.0]], jnp.float32)
+    params = [fbp.Layer(w, jnp.zeros(3, jnp.float32))]
+    xs = jnp.array([[1.0, 1.0], [-1.0, -1.0]], jnp.float32)
+    ys = jnp.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], jnp.float32)  # the wrong classes
+    for output in ("softmax", "sigmoid"):
+        opts = dict(output_activation=output, cost="log_likelihood")
+        value, grads = fbp.value_and_grad(params, xs, ys, **opts)
+        assert np.isfinite(value) and value > 100, output
+        assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads)), output
+        autodiff = jax.grad(lambda p: fbp.loss(p, xs, ys, **opts))(params)
+        for g, a in zip(jax.tree.leaves(grads), jax.tree.leaves(autodiff)):
+            np.testing.assert_allclose(g, a, rtol=1e-5, atol=1e-3)
+
+
+def test_log_likelihood_refuses_outputs_outside_0_1():
+    with pytest.raises(ValueError, match=r"'log_likelihood' needs outputs in \(0, 1\).*'softmax'"):
+        fbp.grad(GOOD, X, Y, activation="tanh", cost="log_likelihood")
+
+
+def test_new_eta_lmbda_or_n_does_not_compile_again():
+    params, xs, ys = random_problem(2, sizes=[4, 3, 2], batch=6)
+    fbp.sgd_step(params, xs, ys, 0.5, lmbda=1.0, n=100)
+    compiled = fbp.sgd_step._cache_size()
+    for eta, lmbda, n in [(0.1, 2.0, 50), (3.0, 0.5, 60_000)]:
+        fbp.sgd_step(params, xs, ys, eta, lmbda=lmbda, n=n)
+    assert fbp.sgd_step._cache_size() == compiled
+    key = jax.random.key(0)
+    fbp.train_epoch(key, params, xs, ys, 0.5, batch_size=2, lmbda=1.0, n=2000)
+    compiled = fbp.train_epoch._cache_size()
+    fbp.train_epoch(key, params, xs, ys, 0.7, batch_size=2, lmbda=3.0, n=1000)
+    assert fbp.train_epoch._cache_size() == compiled
+
+
+def test_evaluate_refuses_one_hot_labels():
+    params, xs, ys = random_problem(3, sizes=[4, 10], batch=10)
+    with pytest.raises(ValueError, match=r"labels to be class indices.*\(10,\).*one-hot"):
+        fbp.evaluate(params, xs, ys, batch_size=10)
