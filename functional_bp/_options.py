@@ -6,10 +6,12 @@ objects) and become one `Options`, which every private core takes.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from functional_bp._validation import check_data, check_params
 from functional_bp.activations import Activation, get_activation
@@ -68,7 +70,8 @@ def _check_returns(what: str, fn, args: tuple, expected: tuple) -> None:
         )
 
 
-def check_contracts(opts: Options, sizes: list[int], dtype: Any) -> None:
+@functools.lru_cache(maxsize=1024)  # the same options and shapes are checked once
+def check_contracts(opts: Options, sizes: tuple[int, ...], dtype: np.dtype) -> None:
     """Checks with `jax.eval_shape` that every `Activation` and `Cost` keeps its contract
     on one example: sigma, sigma' and the VJP return z's shape (n,); C returns a scalar
     and dC/da (or a closed-form delta^L) a's shape (n_out,)."""
@@ -93,10 +96,14 @@ def check_contracts(opts: Options, sizes: list[int], dtype: Any) -> None:
     form = opts.cost.closed_form(opts.output_activation)
     where = f"Cost {opts.cost.name!r}" + (" (closed form in z)" if form else "")
     fn, delta, delta_args = (
-        (opts.cost.fn, opts.cost.derivative, (a, a)) if form is None else (form.fn, form.delta, (a, a, a))
+        (opts.cost.fn, opts.cost.derivative, (a, a))
+        if form is None
+        else (form.fn, form.delta, (a, a, a))
     )
     _check_returns(f"{where}: fn", fn, (a, a), ())
-    _check_returns(f"{where}: " + ("derivative" if form is None else "delta"), delta, delta_args, (n_out,))
+    _check_returns(
+        f"{where}: " + ("derivative" if form is None else "delta"), delta, delta_args, (n_out,)
+    )
 
 
 def prepare(
@@ -117,5 +124,5 @@ def prepare(
     opts = resolve(activation, output_activation, cost)
     sizes = check_params(params)
     check_data(sizes, x, y, batched=batched)
-    check_contracts(opts, sizes, jnp.result_type(params[0][0]))
+    check_contracts(opts, tuple(sizes), np.dtype(jnp.result_type(params[0][0])))
     return opts

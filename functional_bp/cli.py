@@ -182,9 +182,7 @@ def train(args: argparse.Namespace) -> dict:
             )
         jax.block_until_ready(params)
         seconds = time.perf_counter() - start
-        forward_options = dict(
-            activation=args.activation, output_activation=args.output_activation
-        )
+        forward_options = dict(activation=args.activation, output_activation=args.output_activation)
         correct = fbp.evaluate(params, eval_xs, eval_set.y, **forward_options)
         row = {
             "epoch": epoch,

@@ -16,7 +16,14 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from functional_bp._options import STATIC, ActivationArg, CostArg, Options, prepare, with_options_doc
+from functional_bp._options import (
+    STATIC,
+    ActivationArg,
+    CostArg,
+    Options,
+    prepare,
+    with_options_doc,
+)
 from functional_bp.backward import mean_value_and_grad
 from functional_bp.params import Layer, Params
 from functional_bp.training import check_l2, sgd_update

@@ -16,7 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from functional_bp._options import STATIC, ActivationArg, CostArg, Options, prepare, with_options_doc
+from functional_bp._options import (
+    STATIC,
+    ActivationArg,
+    CostArg,
+    Options,
+    prepare,
+    with_options_doc,
+)
 from functional_bp.backward import mean_cost, mean_value_and_grad
 from functional_bp.forward import forward_pass
 from functional_bp.params import Layer, Params
@@ -300,7 +307,9 @@ def evaluate(
     """
     opts = prepare(params, xs, None, activation, output_activation, None, batched=True)
     _check_labels(labels, xs)
-    correct = _in_batches(lambda xb, lb: _count_correct(params, xb, lb, opts), xs, labels, batch_size)
+    correct = _in_batches(
+        lambda xb, lb: _count_correct(params, xb, lb, opts), xs, labels, batch_size
+    )
     return int(correct)
 
 

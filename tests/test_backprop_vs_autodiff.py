@@ -113,7 +113,9 @@ class InsideCallersTransformsTest(chex.TestCase):
         opts = dict(activation="tanh", output_activation="softmax")
         expected = jax.grad(lambda p: fbp.loss(p, xs, ys, **opts))(params)
         assert_tree_close(
-            user_step(params, xs, ys), jax.tree.map(lambda w, g: w - 0.1 * g, params, expected), 1e-10
+            user_step(params, xs, ys),
+            jax.tree.map(lambda w, g: w - 0.1 * g, params, expected),
+            1e-10,
         )
 
     @chex.variants(with_jit=True, without_jit=True)

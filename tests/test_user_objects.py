@@ -128,5 +128,7 @@ def test_mlp_runs_the_users_backward_pass(name):
     def user_loss(p, x):
         return jnp.mean(jax.vmap(cost.fn)(fbp.mlp(p, x, **opts), ys))
 
-    expected = jax.grad(lambda p, x: jnp.mean(jax.vmap(reference, in_axes=(None, 0, 0))(p, x, ys)), argnums=(0, 1))
+    expected = jax.grad(
+        lambda p, x: jnp.mean(jax.vmap(reference, in_axes=(None, 0, 0))(p, x, ys)), argnums=(0, 1)
+    )
     assert_tree_close(jax.grad(user_loss, argnums=(0, 1))(params, xs), expected(params, xs), 1e-10)
