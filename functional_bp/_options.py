@@ -51,9 +51,10 @@ def resolve(
     """Names to objects; refuses a cost whose domain the output activation leaves."""
     hidden = get_activation(activation)
     output = hidden if output_activation is None else get_activation(output_activation)
-    cost_ = None if cost is None else get_cost(cost)
-    if cost_ is not None:
-        check_compatible(cost_, output.name)
+    if cost is None:
+        return Options(hidden, output, None)
+    cost_ = get_cost(cost)
+    check_compatible(cost_, output.name)
     return Options(hidden, output, cost_)
 
 

@@ -150,6 +150,7 @@ def train(args: argparse.Namespace) -> dict:
         optimizer = OPTIMIZERS[args.optimizer](args.eta)
         opt_state = optimizer.init(params)
 
+    forward_options = dict(activation=args.activation, output_activation=args.output_activation)
     history, record = [], {"config": {k: v for k, v in vars(args).items() if k != "run"}}
     epochs = tqdm.trange(
         1, args.epochs + 1, desc="training", unit="epoch", disable=args.no_progress, file=sys.stdout
@@ -182,7 +183,6 @@ def train(args: argparse.Namespace) -> dict:
             )
         jax.block_until_ready(params)
         seconds = time.perf_counter() - start
-        forward_options = dict(activation=args.activation, output_activation=args.output_activation)
         correct = fbp.evaluate(params, eval_xs, eval_set.y, **forward_options)
         row = {
             "epoch": epoch,

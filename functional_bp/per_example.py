@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from functional_bp._options import STATIC, ActivationArg, CostArg, prepare, with_options_doc
 from functional_bp.backward import Backprop, backprop_batch, layer_gradient, summed_gradients
 from functional_bp.params import Layer, Params
+from functional_bp.training import sgd_update
 
 Array = jax.Array
 
@@ -226,4 +227,4 @@ def dp_sgd_step(
     """
     opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
     grads = noisy_clipped_mean(key, params, xs, ys, clip_norm, noise_multiplier, opts)
-    return jax.tree.map(lambda p, g: p - eta * g, params, grads)
+    return sgd_update(params, grads, eta)

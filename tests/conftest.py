@@ -63,21 +63,6 @@ NORMALISE = fbp.Activation(
 )
 
 
-def reference_loss(params, xs, ys, hidden, output, cost):
-    """The mean cost written directly in jax.numpy, for jax.grad to differentiate.
-
-    ``hidden``, ``output``: sigma of one example; ``cost``: C(a, y) of one example.
-    """
-
-    def one(x, y):
-        a = x
-        for l, layer in enumerate(params, start=1):
-            a = (output if l == len(params) else hidden)(layer.w @ a + layer.b)
-        return cost(a, y)
-
-    return jnp.mean(jax.vmap(one)(xs, ys))
-
-
 def random_sizes(rng, *, max_depth=5, max_width=64):
     """Depth 1 to max_depth layers, widths 1 to max_width, one in four a width-1 chain."""
     depth = int(rng.integers(1, max_depth + 1))
