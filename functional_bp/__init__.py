@@ -30,7 +30,9 @@ from functional_bp.per_example import (
 )
 from functional_bp.timing import interleaved_medians
 from functional_bp.training import (
+    TrainingDiverged,
     accuracy,
+    check_divergence,
     evaluate,
     optax_epoch,
     optax_step,
@@ -53,9 +55,11 @@ __all__ = [
     "LayerNorms",
     "LeafCheck",
     "PerExampleNorms",
+    "TrainingDiverged",
     "accuracy",
     "backprop",
     "chain_rule_gradients",
+    "check_divergence",
     "check_gradients",
     "clipped_grad",
     "data_mesh",

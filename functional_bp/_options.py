@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from functional_bp._validation import check_data, check_params
+from functional_bp._validation import check_data, check_nonempty, check_params
 from functional_bp.activations import Activation, get_activation
 from functional_bp.costs import Cost, check_compatible, get_cost
 
@@ -125,5 +125,7 @@ def prepare(
     opts = resolve(activation, output_activation, cost)
     sizes = check_params(params)
     check_data(sizes, x, y, batched=batched)
+    if batched and cost is not None:  # costs and gradients are means over the batch
+        check_nonempty(x)
     check_contracts(opts, tuple(sizes), np.dtype(jnp.result_type(params[0][0])))
     return opts

@@ -5,8 +5,12 @@ Layers are numbered as in the documents: layer 1 is ``params[0]``, layer 0 is th
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -100,3 +104,110 @@ def check_data(sizes: list[int], x: Any, y: Any | None, *, batched: bool | None)
             f"{n_out} neurons), got {y_shape} instead"
         )
     check_float_dtype(jnp.result_type(y), "y")
+
+
+# Values. A Python or NumPy number is checked; a JAX array is not (its value may be
+# traced, or checking it would wait for the device), only its shape and dtype.
+
+
+def check_int(value: Any, name: str, *, minimum: int = 1) -> int:
+    """Returns ``value`` as an int; Python and NumPy integers are accepted, bools not."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"Expected {name} to be an int >= {minimum}, got {value!r} instead")
+    if value < minimum:
+        raise ValueError(f"Expected {name} to be an int >= {minimum}, got {value} instead")
+    return int(value)
+
+
+def check_number(
+    value: Any, name: str, *, minimum: float, inclusive: bool = True, optional: bool = False
+) -> None:
+    """Raises unless ``value`` is a finite real number >= ``minimum`` (> if not
+    ``inclusive``), or a real scalar JAX array, or None when ``optional``."""
+    bound = f"{'>=' if inclusive else '>'} {minimum}"
+    if value is None and optional:
+        return
+    if isinstance(value, jax.Array):
+        if value.shape != () or not jnp.issubdtype(value.dtype, jnp.number):
+            raise TypeError(
+                f"Expected {name} to be a real scalar, got an array of {value.dtype} with "
+                f"shape {value.shape} instead"
+            )
+        if jnp.issubdtype(value.dtype, jnp.complexfloating):
+            raise TypeError(f"Expected {name} to be a real scalar, got {value.dtype} instead")
+        return
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise TypeError(
+            f"Expected {name} to be a number {bound}, got {type(value).__name__} {value!r} instead"
+        )
+    value = float(value)
+    if not np.isfinite(value) or value < minimum or (not inclusive and value == minimum):
+        raise ValueError(f"Expected {name} to be a finite number {bound}, got {value} instead")
+
+
+def check_key(key: Any, name: str = "key") -> None:
+    """Raises TypeError unless ``key`` is one `jax.random` key: ``jax.random.key(seed)``
+    (a typed key) or ``jax.random.PRNGKey(seed)`` (uint32 of shape (2,))."""
+    dtype = getattr(key, "dtype", None)
+    shape = np.shape(key) if dtype is not None else None
+    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+    raw = dtype == np.uint32 and shape == (2,)
+    if (typed and shape == ()) or raw:
+        return
+    got = f"{dtype} of shape {shape}" if dtype is not None else f"{type(key).__name__} {key!r}"
+    raise TypeError(
+        f"Expected {name} to be a jax.random key (jax.random.key(0) or "
+        f"jax.random.PRNGKey(0)), got {got} instead"
+    )
+
+
+def check_nonempty(x: Any, name: str = "xs") -> None:
+    """A mean over no examples is undefined: refuse it rather than return NaN or zeros."""
+    if np.shape(x)[0] == 0:
+        raise ValueError(
+            f"Expected {name} to hold at least one example, got shape {np.shape(x)} instead"
+        )
+
+
+def check_values(**rules: Callable[[Any, str], Any]):
+    """Decorates a jitted function: ``rules[name](value, name)`` runs on each named
+    argument before the call, where a Python number can still be seen (inside jit it is a
+    tracer). The jitted function's ``lower``, ``trace`` and ``_cache_size`` stay reachable."""
+
+    def decorate(jitted):
+        names = list(inspect.signature(jitted).parameters)
+        positions = {name: names.index(name) for name in rules}
+
+        @functools.wraps(jitted)
+        def checked(*args, **kwargs):
+            for name, rule in rules.items():
+                if name in kwargs:
+                    rule(kwargs[name], name)
+                elif positions[name] < len(args):
+                    rule(args[positions[name]], name)
+            return jitted(*args, **kwargs)
+
+        for attribute in ("lower", "trace", "eval_shape", "_cache_size", "clear_cache"):
+            if hasattr(jitted, attribute):
+                setattr(checked, attribute, getattr(jitted, attribute))
+        return checked
+
+    return decorate
+
+
+def positive(value: Any, name: str) -> None:
+    check_number(value, name, minimum=0, inclusive=False)
+
+
+def non_negative(value: Any, name: str) -> None:
+    check_number(value, name, minimum=0)
+
+
+def optional_non_negative(value: Any, name: str) -> None:
+    check_number(value, name, minimum=0, optional=True)
+
+
+def optional_count(value: Any, name: str) -> None:
+    check_number(value, name, minimum=1, optional=True)

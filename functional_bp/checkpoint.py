@@ -4,42 +4,67 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
+from functional_bp._files import atomic_write
 from functional_bp._validation import check_params
 from functional_bp.params import Layer, Params
 
 _FORMAT = "functional_bp.params/1"
+_RESERVED = ("format", "sizes", "dtype")
+
+
+def _stored(array: np.ndarray) -> np.ndarray:
+    """numpy's own dtypes as they are; others (bfloat16, float8 from ml_dtypes, which
+    ``.npz`` would store as opaque void) as their bits, unsigned ints of the same width."""
+    if array.dtype.type.__module__ == "numpy":
+        return array
+    return array.view(f"u{array.dtype.itemsize}")
 
 
 def save_params(path: str | os.PathLike, params: Params, **metadata: Any) -> Path:
     """Writes params and JSON-able metadata (activation, cost, ...) to ``path`` (.npz).
 
-    The sizes are stored with them. The write is atomic: a temporary file in the same
-    directory, renamed over ``path`` only once complete, so a failed save leaves any
-    earlier file intact and nothing half-written.
+    The sizes and the dtype are stored with them; params of a dtype numpy lacks
+    (bfloat16) are stored as their bits and come back exactly. The write is atomic: a
+    temporary file in the same directory, renamed over ``path`` only once complete, so a
+    failed save leaves any earlier file intact and nothing half-written.
+
+    Raises (before anything is written):
+      ValueError: a metadata key is reserved ("format", "sizes", "dtype") or its values
+        are not strict JSON (NaN included).
+      TypeError: a metadata value is not JSON-able, or params are not a list of `Layer`.
+      OSError: ``path`` cannot be written (named in the message).
     """
     sizes = check_params(params)
-    path = Path(path)
-    header = json.dumps({"format": _FORMAT, "sizes": sizes, **metadata})
+    reserved = sorted(set(metadata) & set(_RESERVED))
+    if reserved:
+        raise ValueError(f"Metadata keys {reserved} are reserved by save_params; rename them")
+    dtype = np.dtype(params[0].w.dtype)
+    try:
+        header = json.dumps(
+            {"format": _FORMAT, "sizes": sizes, "dtype": dtype.name, **metadata}, allow_nan=False
+        )
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"Expected metadata that is strict JSON: {error}") from None
     arrays = {"header": np.array(header)}
     for l, layer in enumerate(params, start=1):
-        arrays[f"w{l}"] = np.asarray(layer.w)
-        arrays[f"b{l}"] = np.asarray(layer.b)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+        arrays[f"w{l}"] = _stored(np.asarray(layer.w))
+        arrays[f"b{l}"] = _stored(np.asarray(layer.b))
+    return atomic_write(path, lambda f: np.savez(f, **arrays), "params")
+
+
+def _restored(array: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
+    if array.dtype == dtype:
+        return array
+    if array.dtype == np.dtype(f"u{dtype.itemsize}"):  # stored as bits by `_stored`
+        return array.view(dtype)
+    raise ValueError(f"{path}: an array of {array.dtype} where the header says {dtype}")
 
 
 def load_params(path: str | os.PathLike) -> tuple[list[Layer], dict[str, Any]]:
@@ -51,7 +76,7 @@ def load_params(path: str | os.PathLike) -> tuple[list[Layer], dict[str, Any]]:
     """
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except FileNotFoundError:
         raise
@@ -69,6 +94,13 @@ def load_params(path: str | os.PathLike) -> tuple[list[Layer], dict[str, Any]]:
     expected = {f"{leaf}{l}" for l in range(1, len(sizes)) for leaf in "wb"}
     if set(arrays) != expected:
         raise ValueError(f"{path}: expected arrays {sorted(expected)}, found {sorted(arrays)}")
+    dtype = meta.pop("dtype", None)  # absent from files of earlier versions
+    if dtype is not None:
+        try:
+            dtype = jnp.dtype(dtype)
+        except TypeError:
+            raise ValueError(f"{path}: unknown dtype {dtype!r} in the header") from None
+        arrays = {name: _restored(array, dtype, path) for name, array in arrays.items()}
     params = [Layer(arrays[f"w{l}"], arrays[f"b{l}"]) for l in range(1, len(sizes))]
     try:
         found = check_params(params)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 import statistics
 import sys
 import time
@@ -19,6 +19,7 @@ import optax
 
 import functional_bp as fbp
 from functional_bp import data
+from functional_bp._files import atomic_write, check_writable
 from functional_bp._options import resolve
 
 try:
@@ -29,9 +30,46 @@ except ImportError:  # the cli extra is not installed
 
 def _sizes(text: str) -> list[int]:
     try:
-        return [int(n) for n in text.split(",")]
+        sizes = [int(n) for n in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 784,30,10, got {text!r}") from None
+        sizes = []
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected at least two positive sizes like 784,30,10, got {text!r}"
+        )
+    return sizes
+
+
+def _hidden(text: str) -> list[int]:
+    try:
+        sizes = [int(n) for n in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes like 30,30, got {text!r}")
+    return sizes
+
+
+def _number(convert, minimum, inclusive: bool):
+    """An argparse type: ``convert(text)``, finite and >= (or >) ``minimum``."""
+    bound = f"{'>=' if inclusive else '>'} {minimum}"
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+_count = _number(int, 1, inclusive=True)
+_seed = _number(int, 0, inclusive=True)
+_positive = _number(float, 0, inclusive=False)
+_non_negative = _number(float, 0, inclusive=True)
 
 
 def _add_network_options(parser: argparse.ArgumentParser, sizes: Optional[str]) -> None:
@@ -50,7 +88,7 @@ def _add_network_options(parser: argparse.ArgumentParser, sizes: Optional[str]) 
     )
     parser.add_argument("--cost", default="quadratic", choices=sorted(fbp.COSTS))
     parser.add_argument("--init", default="normal", choices=["normal", "scaled_normal"])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_seed, default=0)
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -121,12 +159,7 @@ def train(args: argparse.Namespace) -> dict:
         args.sizes = [64, 30, 10] if args.dataset == "digits" else [784, 30, 10]
     options = _options(args)
     resolve(**options)  # fail before loading data
-    for name in ("epochs", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-    for path in (args.save, args.plot, args.json):
-        if path is not None and not Path(path).parent.exists():
-            raise ValueError(f"the directory of {path} does not exist")
+    _check_outputs(save=args.save, json=args.json, plot=args.plot)
     train_set, eval_set, eval_name = _load_dataset(args)
     if train_set.x.shape[1] != args.sizes[0] or args.sizes[-1] != 10:
         raise ValueError(
@@ -193,6 +226,11 @@ def train(args: argparse.Namespace) -> dict:
             "eval_accuracy": correct / eval_xs.shape[0],
         }
         history.append(row)
+        try:
+            fbp.check_divergence(params, row["train_cost"], epoch=epoch)
+        except fbp.TrainingDiverged as error:
+            _write_history(args, record, history, eval_name)  # what was learnt is kept
+            raise fbp.TrainingDiverged(f"{error}; try a smaller --eta") from None
         # network.py's progress line.
         tqdm.tqdm.write(f"Epoch {epoch - 1}: {correct} / {eval_xs.shape[0]}", file=sys.stdout)
         epochs.set_postfix(acc=f"{row['eval_accuracy']:.4f}", cost=f"{row['eval_cost']:.4f}")
@@ -200,7 +238,6 @@ def train(args: argparse.Namespace) -> dict:
     times = [row["train_seconds"] for row in history]
     best = max(history, key=lambda row: row["eval_accuracy"])
     record.update(
-        history=history,
         eval_set=eval_name,
         final_accuracy=history[-1]["eval_accuracy"],
         peak_accuracy=best["eval_accuracy"],
@@ -215,15 +252,11 @@ def train(args: argparse.Namespace) -> dict:
         f"{record['median_train_seconds_per_epoch']:.3f} s per epoch (median, epochs 2+), "
         f"first epoch with compilation {times[0]:.2f} s"
     )
+    # The history first: if the params cannot be written, the run is still on record.
+    _write_history(args, record, history, eval_name)
     if args.save:
         fbp.save_params(args.save, params, **options_metadata(args))
         print(f"params saved to {args.save}")
-    if args.json:
-        _write_atomic(args.json, json.dumps(record, indent=2))
-        print(f"history written to {args.json}")
-    if args.plot:
-        plot_history(history, args.plot, title=f"{args.dataset} {args.sizes}", eval_name=eval_name)
-        print(f"plot written to {args.plot}")
     return record
 
 
@@ -231,18 +264,60 @@ def options_metadata(args: argparse.Namespace) -> dict:
     return dict(_options(args), dataset=args.dataset)
 
 
-def _write_atomic(path: str, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _check_outputs(**paths: Optional[str]) -> None:
+    """Before any work: every output can be written, no two are the same file, and a
+    figure's suffix names a format matplotlib writes."""
+    given = {option: path for option, path in paths.items() if path is not None}
+    for option, path in given.items():
+        try:
+            check_writable(path, f"--{option}")
+        except OSError as error:
+            raise ValueError(str(error)) from None
+    resolved = [Path(path).resolve() for path in given.values()]
+    if len(set(resolved)) < len(resolved):
+        raise ValueError(f"two outputs name the same file: {given}")
+    if "plot" in given:
+        _figure_format(given["plot"])
+
+
+def _figure_format(path: str) -> str:
+    """The format a figure is written in: its suffix, if matplotlib can write it."""
+    from matplotlib.figure import Figure
+
+    supported = Figure().canvas.get_supported_filetypes()
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix not in supported:
+        raise ValueError(
+            f"--plot {path}: the suffix {('.' + suffix) if suffix else '(none)'} is not a "
+            f"figure format; use one of {', '.join('.' + s for s in sorted(supported))}"
+        )
+    return suffix
+
+
+def _strict_json(value):
+    """NaN and infinities (of a diverged run) as null: strict JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
+def _write_history(args, record: dict, history: list[dict], eval_name: str) -> None:
+    record["history"] = history
+    if args.json:
+        text = json.dumps(_strict_json(record), indent=2, allow_nan=False)
+        atomic_write(args.json, lambda f: f.write(text.encode()), "--json")
+        print(f"history written to {args.json}")
+    if args.plot:
+        plot_history(history, args.plot, title=f"{args.dataset} {args.sizes}", eval_name=eval_name)
+        print(f"plot written to {args.plot}")
 
 
 def plot_history(history: list[dict], path: str, *, title: str, eval_name: str) -> None:
-    """A PNG of training and evaluation cost and accuracy per epoch."""
+    """A figure of training and evaluation cost and accuracy per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -263,25 +338,22 @@ def plot_history(history: list[dict], path: str, *, title: str, eval_name: str) 
 
 
 def _save_figure(fig, path: str) -> None:
-    """Writes a PNG atomically (temporary file, then rename) and closes the figure."""
+    """Writes the figure atomically, in the format its suffix names, and closes it."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: fig.savefig(f, format=_figure_format(path), dpi=100), "--plot")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 def diagnose(args: argparse.Namespace) -> int:
     """Per-layer gradient norms across training: deep sigmoid next to deep relu."""
     resolve(args.activation, None, "quadratic")
+    _check_outputs(plot=args.plot)
     train_set, _, _ = _load_dataset(args)
-    hidden = [int(n) for n in args.hidden.split(",")]
-    sizes = [train_set.x.shape[1], *hidden, 10]
+    sizes = [train_set.x.shape[1], *args.hidden, 10]
     xs, ys = jnp.asarray(train_set.x), jnp.asarray(data.one_hot(train_set.y))
     probe_xs, probe_ys = xs[: args.probe], ys[: args.probe]
     runs = {}
@@ -293,6 +365,7 @@ def diagnose(args: argparse.Namespace) -> int:
         for _ in tqdm.trange(args.epochs, desc=activation, disable=args.no_progress):
             key, epoch_key = jax.random.split(key)
             params = fbp.train_epoch(epoch_key, params, xs, ys, args.eta, batch_size=10, **options)
+            fbp.check_divergence(params)
             norms.append(fbp.layer_gradient_norms(params, probe_xs, probe_ys, **options))
         runs[activation] = [np.asarray(n.delta).tolist() for n in norms]
         print(
@@ -361,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("gradcheck", help="manual vs jax.grad vs finite differences")
     _add_network_options(check, "784,30,10")
-    check.add_argument("--batch-size", type=int, default=10)
+    check.add_argument("--batch-size", type=_count, default=10)
     check.add_argument("--float64", action="store_true", help="check in float64")
     check.set_defaults(run=gradcheck)
 
@@ -384,13 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="MNIST: evaluate on the test or the validation set",
     )
     _add_network_options(fit, None)
-    fit.add_argument("--epochs", type=int, default=30)
-    fit.add_argument("--batch-size", type=int, default=10)
-    fit.add_argument("--eta", type=float, default=3.0)
-    fit.add_argument("--lmbda", type=float, default=0.0, help="L2 (sgd only)")
+    fit.add_argument("--epochs", type=_count, default=30)
+    fit.add_argument("--batch-size", type=_count, default=10)
+    fit.add_argument("--eta", type=_positive, default=3.0)
+    fit.add_argument("--lmbda", type=_non_negative, default=0.0, help="L2 (sgd only)")
     fit.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd")
     fit.add_argument("--save", default=None, help="write params to this .npz")
-    fit.add_argument("--plot", default=None, help="write a PNG of cost and accuracy")
+    fit.add_argument(
+        "--plot", default=None, help="write a figure of cost and accuracy (.png, .pdf, .svg, ...)"
+    )
     fit.add_argument("--json", default=None, help="write the per-epoch history as JSON")
     fit.add_argument("--float64", action="store_true", help="train in float64, as network.py")
     fit.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -400,13 +475,13 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--dataset", choices=["digits", "mnist"], default="digits")
     diag.add_argument("--data-dir", default=None)
     diag.add_argument("--download", action="store_true")
-    diag.add_argument("--hidden", default="30,30,30,30", help="hidden layer sizes")
+    diag.add_argument("--hidden", type=_hidden, default=[30, 30, 30, 30], help="hidden layer sizes")
     diag.add_argument("--activation", default="relu", help="compared with sigmoid")
-    diag.add_argument("--epochs", type=int, default=10)
-    diag.add_argument("--eta", type=float, default=0.1)
-    diag.add_argument("--probe", type=int, default=1000, help="examples the norms use")
-    diag.add_argument("--seed", type=int, default=0)
-    diag.add_argument("--plot", default=None, help="write a PNG of the norms")
+    diag.add_argument("--epochs", type=_count, default=10)
+    diag.add_argument("--eta", type=_positive, default=0.1)
+    diag.add_argument("--probe", type=_count, default=1000, help="examples the norms use")
+    diag.add_argument("--seed", type=_seed, default=0)
+    diag.add_argument("--plot", default=None, help="write a figure of the norms (.png, .pdf, ...)")
     diag.add_argument("--no-progress", action="store_true")
     diag.set_defaults(run=diagnose, eval_on="test")
     return parser
@@ -419,6 +494,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileNotFoundError) as error:  # bad input, before work
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (OSError, fbp.TrainingDiverged) as error:  # the run failed
+        print(f"error: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
+        return 1

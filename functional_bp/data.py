@@ -9,7 +9,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -17,6 +16,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from functional_bp._files import atomic_write
+from functional_bp._validation import check_int, check_number
 
 PathLike = str | os.PathLike
 
@@ -59,6 +61,7 @@ class Dataset(NamedTuple):
 
 def one_hot(labels: np.ndarray, num_classes: int = 10, dtype=np.float32) -> np.ndarray:
     """Class indices of shape (...,) to one-hot vectors of shape (..., num_classes)."""
+    num_classes = check_int(num_classes, "num_classes")
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"Expected labels to be integers, got dtype {labels.dtype} instead")
@@ -90,6 +93,7 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, 
         from sklearn.datasets import load_digits as sklearn_load_digits
     except ImportError as e:
         raise ImportError('load_digits needs scikit-learn: pip install "functional_bp[cli]"') from e
+    check_number(test_fraction, "test_fraction", minimum=0, inclusive=False)
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"Expected test_fraction in (0, 1), got {test_fraction} instead")
     digits = sklearn_load_digits()
@@ -226,7 +230,11 @@ def load_mnist(
         )
     train_file, test_file = _read_split(files[0], files[1]), _read_split(files[2], files[3])
     n_file = len(train_file.y)
-    if isinstance(n_train, bool) or not isinstance(n_train, int) or not 0 < n_train < n_file:
+    if (
+        isinstance(n_train, (bool, np.bool_))
+        or not isinstance(n_train, (int, np.integer))
+        or not 0 < n_train < n_file
+    ):
         raise ValueError(
             f"Expected n_train to be an int in (0, {n_file}) to leave a validation set from "
             f"the {n_file} training images, got {n_train!r} instead"
@@ -242,6 +250,31 @@ def _hexdigest(file: Path, algorithm: str) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _fetch_verified(url: str, name: str, algorithm: str, expected: str):
+    """A writer for `atomic_write`: streams ``url`` into the file, then raises ValueError
+    unless its digest is ``expected`` (so an unverified file is never renamed in)."""
+
+    def write(out) -> None:
+        digest = hashlib.new(algorithm, usedforsecurity=False)
+        try:
+            with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
+                while chunk := response.read(_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except urllib.error.HTTPError as e:
+            e.close()
+            raise OSError(f"Could not download {name} from {url}: HTTP {e.code}") from e
+        except (urllib.error.URLError, OSError) as e:
+            raise OSError(f"Could not download {name} from {url}: {e}") from e
+        got = digest.hexdigest()
+        if got != expected:
+            raise ValueError(
+                f"Expected {name} from {url} to have {algorithm} {expected}, got {got} instead"
+            )
+
+    return write
 
 
 def download_mnist(
@@ -279,28 +312,5 @@ def download_mnist(
         if target.is_file() and _hexdigest(target, algorithm) == expected.lower():
             continue
         url = f"{base_url.rstrip('/')}/{name}"
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
-        try:
-            digest = hashlib.new(algorithm, usedforsecurity=False)
-            with open(fd, "wb") as out:
-                try:
-                    with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
-                        while chunk := response.read(_CHUNK):
-                            digest.update(chunk)
-                            out.write(chunk)
-                except urllib.error.HTTPError as e:
-                    e.close()
-                    raise OSError(f"Could not download {name} from {url}: HTTP {e.code}") from e
-                except (urllib.error.URLError, OSError) as e:
-                    raise OSError(f"Could not download {name} from {url}: {e}") from e
-            got = digest.hexdigest()
-            if got != expected.lower():
-                raise ValueError(
-                    f"Expected {name} from {url} to have {algorithm} {expected.lower()}, "
-                    f"got {got} instead"
-                )
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        atomic_write(target, _fetch_verified(url, name, algorithm, expected.lower()), "MNIST file")
     return directory

@@ -12,6 +12,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from functional_bp._options import ActivationArg, CostArg, Options, prepare, with_options_doc
+from functional_bp._validation import check_int, check_number
 from functional_bp.backward import mean_cost, mean_value_and_grad
 from functional_bp.params import Layer, Params
 
@@ -149,8 +150,9 @@ def check_gradients(
       A `GradCheck`; ``str()`` of it is a table, ``.ok`` says whether every leaf passed.
     """
     opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    if fd_entries < 1:
-        raise ValueError(f"Expected fd_entries >= 1, got {fd_entries} instead")
+    fd_entries = check_int(fd_entries, "fd_entries")
+    check_int(seed, "seed", minimum=0)
+    check_number(fd_step, "fd_step", minimum=0, inclusive=False, optional=True)
     params = list(params)
     dtype = np.dtype(params[0].w.dtype)
     rtol_ad, rtol_fd = tolerances(dtype)

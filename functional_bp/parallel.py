@@ -24,6 +24,12 @@ from functional_bp._options import (
     prepare,
     with_options_doc,
 )
+from functional_bp._validation import (
+    check_values,
+    optional_count,
+    optional_non_negative,
+    positive,
+)
 from functional_bp.backward import mean_value_and_grad
 from functional_bp.params import Layer, Params
 from functional_bp.training import check_l2, sgd_update
@@ -97,6 +103,7 @@ def data_parallel_grad(
     return _sharded_mean_grad(mesh, axis, params, xs, ys, opts)
 
 
+@check_values(eta=positive, lmbda=optional_non_negative, n=optional_count)
 @functools.partial(jax.jit, static_argnames=("mesh", "axis") + STATIC)
 @with_options_doc
 def data_parallel_sgd_step(

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from functional_bp._validation import check_float_dtype
+from functional_bp._validation import check_float_dtype, check_int, check_key
 
 Array = jax.Array
 
@@ -50,12 +50,10 @@ def init_mlp(
     Returns:
       A list of ``len(sizes) - 1`` `Layer`s.
     """
-    sizes = list(sizes)
+    check_key(key)
+    sizes = [check_int(n, f"sizes[{i}]") for i, n in enumerate(sizes)]
     if len(sizes) < 2:
         raise ValueError(f"Expected at least two layer sizes (input and output), got {sizes}")
-    for i, n in enumerate(sizes):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"Expected sizes[{i}] to be a positive int, got {n!r}")
     if init not in INITS:
         raise ValueError(f"Unknown init {init!r}; expected one of {list(INITS)}")
     check_float_dtype(dtype, "dtype")

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from functional_bp._options import STATIC, ActivationArg, CostArg, prepare, with_options_doc
+from functional_bp._validation import check_key, check_values, non_negative, positive
 from functional_bp.backward import Backprop, backprop_batch, layer_gradient, summed_gradients
 from functional_bp.params import Layer, Params
 from functional_bp.training import sgd_update
@@ -63,15 +64,17 @@ def per_example_grads(
 
 
 def _norm(x: Array) -> Array:
-    """The L2 norm over the last axis, scaled by the largest entry so that squares cannot
-    overflow (float16 activations above 256) or underflow."""
+    """The L2 norm over the last axis, in at least float32 and scaled by the largest
+    entry, so that no square overflows (float16 activations above 256) or underflows."""
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     largest = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
     safe = jnp.where(largest == 0, 1, largest)
     return safe[..., 0] * jnp.sqrt(jnp.sum((x / safe) ** 2, axis=-1))
 
 
 def _norms(result: Backprop) -> PerExampleNorms:
-    """||delta_i a_i^T||_F = ||delta_i|| ||a_i||, from the (batch, n_l) error terms."""
+    """||delta_i a_i^T||_F = ||delta_i|| ||a_i||, from the (batch, n_l) error terms; in
+    at least float32, as `_norm`."""
     layers = []
     for delta, a_prev in zip(result.deltas, result.cache.activations):
         delta_norm = _norm(delta)
@@ -106,7 +109,8 @@ def per_example_grad_norms(
       `PerExampleNorms`: ``total`` of shape (batch,) and per-layer ``layers``.
     """
     opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    return _norms(backprop_batch(params, xs, ys, opts))
+    norms = _norms(backprop_batch(params, xs, ys, opts))
+    return jax.tree.map(lambda norm: norm.astype(xs.dtype), norms)
 
 
 def clip_weights(total_norms: Array, clip_norm) -> Array:
@@ -120,10 +124,11 @@ def clipped_mean(params: Params, xs: Array, ys: Array, clip_norm, opts) -> list[
     """One weighted backward pass: sum_i w_i delta_i a_i^T with w_i = min(1, C/||g_i||)/B."""
     result = backprop_batch(params, xs, ys, opts)
     weights = clip_weights(_norms(result).total, clip_norm) / xs.shape[0]
-    weighted = [delta * weights[:, None] for delta in result.deltas]
+    weighted = [delta * weights[:, None].astype(delta.dtype) for delta in result.deltas]
     return summed_gradients(weighted, result.cache)
 
 
+@check_values(clip_norm=positive)
 @functools.partial(jax.jit, static_argnames=STATIC)
 @with_options_doc
 def clipped_grad(
@@ -154,6 +159,7 @@ def clipped_grad(
 
 def noisy_clipped_mean(key, params, xs, ys, clip_norm, noise_multiplier, opts) -> list[Layer]:
     """`clipped_mean` plus N(0, (sigma C / B)^2) on every entry, drawn from ``key``."""
+    check_key(key)
     grads = clipped_mean(params, xs, ys, clip_norm, opts)
     std = noise_multiplier * clip_norm / xs.shape[0]
     leaves, treedef = jax.tree.flatten(grads)
@@ -162,6 +168,7 @@ def noisy_clipped_mean(key, params, xs, ys, clip_norm, noise_multiplier, opts) -
     return jax.tree.unflatten(treedef, noisy)
 
 
+@check_values(key=check_key, clip_norm=positive, noise_multiplier=non_negative)
 @functools.partial(jax.jit, static_argnames=STATIC)
 @with_options_doc
 def private_grad(
@@ -198,6 +205,7 @@ def private_grad(
     return noisy_clipped_mean(key, params, xs, ys, clip_norm, noise_multiplier, opts)
 
 
+@check_values(key=check_key, eta=positive, clip_norm=positive, noise_multiplier=non_negative)
 @functools.partial(jax.jit, static_argnames=STATIC)
 @with_options_doc
 def dp_sgd_step(

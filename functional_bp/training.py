@@ -24,6 +24,17 @@ from functional_bp._options import (
     prepare,
     with_options_doc,
 )
+from functional_bp._validation import (
+    check_int,
+    check_key,
+    check_nonempty,
+    check_number,
+    check_params,
+    check_values,
+    optional_count,
+    optional_non_negative,
+    positive,
+)
 from functional_bp.backward import mean_cost, mean_value_and_grad
 from functional_bp.forward import forward_pass
 from functional_bp.params import Layer, Params
@@ -52,6 +63,7 @@ def _sgd_step(params, xs, ys, eta, lmbda, n, opts: Options) -> list[Layer]:
     return sgd_update(params, mean_value_and_grad(params, xs, ys, opts)[1], eta, lmbda, n)
 
 
+@check_values(eta=positive, lmbda=optional_non_negative, n=optional_count)
 @functools.partial(jax.jit, static_argnames=STATIC)
 @with_options_doc
 def sgd_step(
@@ -90,11 +102,6 @@ def sgd_step(
     return _sgd_step(params, xs, ys, eta, lmbda, n, opts)
 
 
-def _check_batch_size(batch_size) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Expected batch_size to be a positive int, got {batch_size!r} instead")
-
-
 def scan_epoch(
     key: Array,
     carry: Any,
@@ -122,7 +129,8 @@ def scan_epoch(
       step: ``step(carry, xb, yb) -> carry``.
       batch_size: examples per mini-batch.
     """
-    _check_batch_size(batch_size)
+    check_key(key)
+    batch_size = check_int(batch_size, "batch_size")
     num_examples = xs.shape[0]
     order = jax.random.permutation(key, num_examples)
     num_full = num_examples // batch_size
@@ -138,6 +146,7 @@ def scan_epoch(
     return carry
 
 
+@check_values(key=check_key, eta=positive, lmbda=optional_non_negative, n=optional_count)
 @functools.partial(jax.jit, static_argnames=("batch_size",) + STATIC)
 @with_options_doc
 def train_epoch(
@@ -176,6 +185,53 @@ def train_epoch(
         return _sgd_step(params, xb, yb, eta, lmbda, n, opts)
 
     return scan_epoch(key, params, xs, ys, step, batch_size=batch_size)
+
+
+class TrainingDiverged(FloatingPointError):
+    """Training produced a NaN or infinite cost or params, or params beyond ``max_abs``."""
+
+
+@jax.jit
+def _health(params: Params) -> tuple[Array, Array]:
+    leaves = jax.tree.leaves(params)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+    largest = jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in leaves]))
+    return finite, largest
+
+
+def check_divergence(
+    params: Params, cost: Optional[float] = None, *, epoch: Optional[int] = None, max_abs=1e6
+) -> None:
+    """Raises `TrainingDiverged` unless ``cost`` and every param are finite and no
+    |param| exceeds ``max_abs``; call it after each `train_epoch` (the CLI does).
+
+    A too-large eta shows as NaN, or, in a sigmoid network, as params that grow to 1e28
+    while every neuron saturates and the cost stays finite: hence ``max_abs``.
+
+    Example::
+
+        params = train_epoch(key, params, xs, ys, eta, batch_size=10)
+        check_divergence(params, total_cost(params, xs, ys), epoch=epoch)
+
+    Args:
+      params: a list of `Layer`.
+      cost: the cost after the epoch, or None to check the params alone.
+      epoch: named in the message.
+      max_abs: the largest magnitude a param may reach; None for no limit.
+    """
+    check_params(params)
+    finite, largest = _health(params)
+    finite, largest = bool(finite), float(largest)
+    where = "" if epoch is None else f" at epoch {epoch}"
+    cost_text = "" if cost is None else f"cost {float(cost):.6g}, "
+    if cost is not None and not np.isfinite(cost):
+        raise TrainingDiverged(f"training diverged{where} ({cost_text.rstrip(', ')})")
+    if not finite:
+        raise TrainingDiverged(f"training diverged{where} ({cost_text}params not finite)")
+    if max_abs is not None and largest > max_abs:
+        raise TrainingDiverged(
+            f"training diverged{where} ({cost_text}largest |param| {largest:.3g} > {max_abs:g})"
+        )
 
 
 def _optax_step(optimizer, params, opt_state, xs, ys, opts: Options):
@@ -220,6 +276,7 @@ def optax_step(
     return _optax_step(optimizer, params, opt_state, xs, ys, opts)
 
 
+@check_values(key=check_key)
 @functools.partial(jax.jit, static_argnames=("optimizer", "batch_size") + STATIC)
 @with_options_doc
 def optax_epoch(
@@ -259,7 +316,7 @@ def optax_epoch(
 
 def _in_batches(fn: Callable[[Array, Array], Array], xs, ys, batch_size: int) -> Array:
     """Sum of ``fn`` over consecutive batches (each a jitted call of at most two shapes)."""
-    _check_batch_size(batch_size)
+    batch_size = check_int(batch_size, "batch_size")
     total = 0
     for start in range(0, xs.shape[0], batch_size):
         total = total + fn(xs[start : start + batch_size], ys[start : start + batch_size])
@@ -277,13 +334,23 @@ def _summed_cost(params: Params, xs: Array, ys: Array, opts: Options) -> Array:
     return mean_cost(params, xs, ys, opts) * xs.shape[0]
 
 
-def _check_labels(labels, xs) -> None:
+def _check_labels(labels, xs, num_classes: int) -> None:
+    """Labels are class indices, one per example, each in [0, num_classes)."""
     shape, dtype = np.shape(labels), jnp.result_type(labels)
     if len(shape) != 1 or shape[0] != np.shape(xs)[0] or not jnp.issubdtype(dtype, jnp.integer):
         raise ValueError(
             f"Expected labels to be class indices, integers of shape ({np.shape(xs)[0]},) "
             f"for xs of shape {np.shape(xs)}, got {dtype} of shape {shape} instead "
             "(one-hot targets? pass their argmax)"
+        )
+    if isinstance(labels, jax.core.Tracer) or shape[0] == 0:
+        return
+    values = np.asarray(labels)
+    low, high = values.min(), values.max()
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"Expected labels in [0, {num_classes}) for an output layer of {num_classes} "
+            f"neurons, got values from {low} to {high} instead"
         )
 
 
@@ -306,7 +373,7 @@ def evaluate(
       activation, output_activation: as for `feedforward`.
     """
     opts = prepare(params, xs, None, activation, output_activation, None, batched=True)
-    _check_labels(labels, xs)
+    _check_labels(labels, xs, np.shape(params[-1].w)[0])
     correct = _in_batches(
         lambda xb, lb: _count_correct(params, xb, lb, opts), xs, labels, batch_size
     )
@@ -315,6 +382,7 @@ def evaluate(
 
 def accuracy(params: Params, xs: Array, labels: Array, **kwargs) -> float:
     """The fraction of examples classified correctly; keywords as for `evaluate`."""
+    check_nonempty(xs)
     return evaluate(params, xs, labels, **kwargs) / xs.shape[0]
 
 
@@ -340,6 +408,7 @@ def total_cost(
       {options}
     """
     opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    check_number(lmbda, "lmbda", minimum=0)
     summed = _in_batches(lambda xb, yb: _summed_cost(params, xb, yb, opts), xs, ys, batch_size)
     num_examples = xs.shape[0]
     l2 = 0.5 * lmbda / num_examples * sum(jnp.sum(layer.w**2) for layer in params)

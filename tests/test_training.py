@@ -110,7 +110,7 @@ def test_optax_epoch_equals_loop_of_optax_steps():
 
 def test_epoch_rejects_bad_batch_size():
     params, xs, ys = random_problem(6, sizes=[3, 2], batch=4)
-    with pytest.raises(ValueError, match="batch_size to be a positive int"):
+    with pytest.raises(ValueError, match="batch_size to be an int >= 1, got 0"):
         train_epoch(jax.random.key(0), params, xs, ys, 1.0, batch_size=0)
     with pytest.raises(ValueError, match=r"y to have shape \(4, 2\)"):
         train_epoch(jax.random.key(0), params, xs, ys[:, :1], 1.0, batch_size=2)

@@ -99,12 +99,6 @@ def test_unknown_or_incompatible_names(kwargs, match):
 
 
 def test_init_mlp_checks_and_shapes(key):
-    with pytest.raises(ValueError, match="at least two layer sizes"):
-        fbp.init_mlp(key, [784])
-    with pytest.raises(ValueError, match=r"sizes\[1\] to be a positive int"):
-        fbp.init_mlp(key, [3, 0, 2])
-    with pytest.raises(ValueError, match="Unknown init"):
-        fbp.init_mlp(key, [3, 2], init="xavier")
     with pytest.raises(TypeError, match="floating"):
         fbp.init_mlp(key, [3, 2], dtype=jnp.int32)
     params = fbp.init_mlp(key, [784, 30, 10])
