@@ -227,10 +227,10 @@ def train(args: argparse.Namespace) -> dict:
         }
         history.append(row)
         try:
-            fbp.check_divergence(params, row["train_cost"], epoch=epoch)
-        except fbp.TrainingDiverged as error:
+            _check_divergence(params, row["train_cost"], epoch)
+        except fbp.TrainingDiverged:
             _write_history(args, record, history, eval_name)  # what was learnt is kept
-            raise fbp.TrainingDiverged(f"{error}; try a smaller --eta") from None
+            raise
         # network.py's progress line.
         tqdm.tqdm.write(f"Epoch {epoch - 1}: {correct} / {eval_xs.shape[0]}", file=sys.stdout)
         epochs.set_postfix(acc=f"{row['eval_accuracy']:.4f}", cost=f"{row['eval_cost']:.4f}")
@@ -258,6 +258,13 @@ def train(args: argparse.Namespace) -> dict:
         fbp.save_params(args.save, params, **options_metadata(args))
         print(f"params saved to {args.save}")
     return record
+
+
+def _check_divergence(params, cost, epoch: int) -> None:
+    try:
+        fbp.check_divergence(params, cost, epoch=epoch)
+    except fbp.TrainingDiverged as error:
+        raise fbp.TrainingDiverged(f"{error}; try a smaller --eta") from None
 
 
 def options_metadata(args: argparse.Namespace) -> dict:
@@ -362,10 +369,10 @@ def diagnose(args: argparse.Namespace) -> int:
         init_key, key = jax.random.split(jax.random.key(args.seed))
         params = fbp.init_mlp(init_key, sizes, init="scaled_normal")
         norms = [fbp.layer_gradient_norms(params, probe_xs, probe_ys, **options)]
-        for _ in tqdm.trange(args.epochs, desc=activation, disable=args.no_progress):
+        for epoch in tqdm.trange(1, args.epochs + 1, desc=activation, disable=args.no_progress):
             key, epoch_key = jax.random.split(key)
             params = fbp.train_epoch(epoch_key, params, xs, ys, args.eta, batch_size=10, **options)
-            fbp.check_divergence(params)
+            _check_divergence(params, None, epoch)
             norms.append(fbp.layer_gradient_norms(params, probe_xs, probe_ys, **options))
         runs[activation] = [np.asarray(n.delta).tolist() for n in norms]
         print(

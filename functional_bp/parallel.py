@@ -25,6 +25,7 @@ from functional_bp._options import (
     with_options_doc,
 )
 from functional_bp._validation import (
+    check_int,
     check_values,
     optional_count,
     optional_non_negative,
@@ -40,9 +41,12 @@ Array = jax.Array
 def data_mesh(num_devices: Optional[int] = None, axis: str = "data") -> Mesh:
     """A one-axis `Mesh` over the first ``num_devices`` devices (default: all of them)."""
     devices = jax.devices()
-    num_devices = len(devices) if num_devices is None else num_devices
-    if not 1 <= num_devices <= len(devices):
-        raise ValueError(f"Expected 1 to {len(devices)} devices, got {num_devices} instead")
+    num_devices = len(devices) if num_devices is None else check_int(num_devices, "num_devices")
+    if num_devices > len(devices):
+        raise ValueError(
+            f"Expected num_devices from 1 to {len(devices)} (the devices there are), got "
+            f"{num_devices} instead"
+        )
     return Mesh(np.array(devices[:num_devices]), (axis,))
 
 

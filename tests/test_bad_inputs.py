@@ -332,6 +332,9 @@ API_CASES = [
         fbp.TrainingDiverged,
         r"at epoch 2 \(cost 0.45, largest \|param\| .*e\+28 > 1e\+06\)",
     ),
+    ("mesh 0 devices", lambda: fbp.data_mesh(0), ValueError, r"num_devices to be an int >= 1"),
+    ("mesh 2.0 devices", lambda: fbp.data_mesh(2.0), TypeError, r"num_devices"),
+    ("mesh too many", lambda: fbp.data_mesh(10_000), ValueError, r"num_devices from 1 to"),
     # Data.
     ("one_hot classes 0", lambda: fbp.one_hot(LABELS, 0), ValueError, r"num_classes"),
     ("one_hot floats", lambda: fbp.one_hot(LABELS * 1.0), ValueError, r"labels to be integers"),
@@ -468,6 +471,10 @@ def test_a_nan_example_is_not_passed_unclipped():
 # Checkpoints: refused before anything is written, or written so that they load.
 
 
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
 @pytest.mark.parametrize("key", ["format", "sizes", "dtype"])
 def test_save_refuses_reserved_metadata(tmp_path, key):
     with pytest.raises(ValueError, match=rf"\['{key}'\] are reserved"):
@@ -517,10 +524,7 @@ def test_failed_write_names_the_target_and_keeps_the_old_file(tmp_path, monkeypa
     path = fbp.save_params(tmp_path / "p.npz", PARAMS)
     before = path.read_bytes()
 
-    def disk_full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(np, "savez", disk_full)
+    monkeypatch.setattr(np, "savez", _disk_full)
     with pytest.raises(OSError, match=f"Cannot write params {path}: No space left"):
         fbp.save_params(path, PARAMS)
     assert path.read_bytes() == before
@@ -618,10 +622,7 @@ def test_cli_divergence_stops_with_a_message_and_strict_json(tmp_path, capsys):
 def test_cli_write_failure_at_the_end_keeps_the_history(tmp_path, capsys, monkeypatch):
     """Fault injection: the disk fills when the params are written after training."""
 
-    def disk_full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(np, "savez", disk_full)
+    monkeypatch.setattr(np, "savez", _disk_full)
     save, history = tmp_path / "p.npz", tmp_path / "h.json"
     argv = ["train", "--epochs", "1", "--no-progress", "--save", str(save), "--json", str(history)]
     assert main(argv) == 1
