@@ -4,7 +4,8 @@ equation, and proven against jax.grad.
 Everything a user calls is importable from here; the submodules hold it by topic:
 `activations`, `costs`, `params`, `forward`, `backward` (the equations and the core),
 `gradients`, `per_example`, `differentiable`, `training`, `parallel`, `diagnostics`,
-`gradcheck`, `chain_rule`, `checkpoint`, `data`, `timing`.
+`gradcheck`, `chain_rule`, `checkpoint`, `data`, `timing`, `statistics` (per-example
+gradient statistics), `curvature` (Gauss-Newton diagonal, Kronecker factors).
 """
 
 from functional_bp.activations import ACTIVATIONS, Activation
@@ -12,6 +13,7 @@ from functional_bp.backward import hidden_error, layer_gradient, output_error, w
 from functional_bp.chain_rule import chain_rule_gradients
 from functional_bp.checkpoint import load_params, save_params
 from functional_bp.costs import COSTS, ClosedForm, Cost
+from functional_bp.curvature import KFACFactors, diag_ggn, diag_ggn_mc, kfac_factors
 from functional_bp.data import Dataset, download_mnist, load_digits, load_mnist, one_hot
 from functional_bp.diagnostics import LayerNorms, layer_gradient_norms
 from functional_bp.differentiable import mlp
@@ -27,6 +29,13 @@ from functional_bp.per_example import (
     per_example_grad_norms,
     per_example_grads,
     private_grad,
+)
+from functional_bp.statistics import (
+    NoiseScale,
+    batch_dot,
+    grad_variance,
+    gradient_noise_scale,
+    sum_grad_squared,
 )
 from functional_bp.timing import interleaved_medians
 from functional_bp.training import (
@@ -51,13 +60,16 @@ __all__ = [
     "Cost",
     "Dataset",
     "GradCheck",
+    "KFACFactors",
     "Layer",
     "LayerNorms",
     "LeafCheck",
+    "NoiseScale",
     "PerExampleNorms",
     "TrainingDiverged",
     "accuracy",
     "backprop",
+    "batch_dot",
     "chain_rule_gradients",
     "check_divergence",
     "check_gradients",
@@ -65,6 +77,8 @@ __all__ = [
     "data_mesh",
     "data_parallel_grad",
     "data_parallel_sgd_step",
+    "diag_ggn",
+    "diag_ggn_mc",
     "download_mnist",
     "dp_sgd_step",
     "error_terms",
@@ -72,9 +86,12 @@ __all__ = [
     "feedforward",
     "forward",
     "grad",
+    "grad_variance",
+    "gradient_noise_scale",
     "hidden_error",
     "init_mlp",
     "interleaved_medians",
+    "kfac_factors",
     "layer_gradient",
     "layer_gradient_norms",
     "layer_sizes",
@@ -93,6 +110,7 @@ __all__ = [
     "save_params",
     "scan_epoch",
     "sgd_step",
+    "sum_grad_squared",
     "total_cost",
     "train_epoch",
     "value_and_grad",

@@ -32,11 +32,14 @@ class ClosedForm(NamedTuple):
       activation: the output `Activation` it applies to (compared with ``==``).
       fn: C as a function of (z, y), a scalar for one example.
       delta: delta^L = dC/dz^L as a function of (z, a, y), shape (n_out,).
+      sample: optional; ``sample(key, z)`` draws a target y from the distribution whose
+        negative log-likelihood C is (for `diag_ggn_mc`).
     """
 
     activation: Activation
     fn: Callable[[Array, Array], Array]
     delta: Callable[[Array, Array, Array], Array]
+    sample: Optional[Callable[[Array, Array], Array]] = None
 
 
 class Cost(NamedTuple):
@@ -54,23 +57,38 @@ class Cost(NamedTuple):
       name: shown in messages and tables.
       closed_forms: `ClosedForm`s for particular output activations, used instead of
         ``fn`` and ``derivative`` when the output layer's activation is one of them.
+      sample: optional; ``sample(key, a)`` draws a target y from the distribution whose
+        negative log-likelihood C is, up to a constant (for `diag_ggn_mc`): then
+        E[dC/da dC/da^T] is the Hessian of C in a.
     """
 
     fn: Callable[[Array, Array], Array]
     derivative: Callable[[Array, Array], Array]
     name: str = "custom"
     closed_forms: tuple[ClosedForm, ...] = ()
+    sample: Optional[Callable[[Array, Array], Array]] = None
 
     def closed_form(self, output_activation: Activation) -> Optional[ClosedForm]:
         """The `ClosedForm` for this output activation, if the cost has one."""
         return next((f for f in self.closed_forms if f.activation == output_activation), None)
 
 
-# network.py's QuadraticCost: C = 1/2 ||a - y||^2, dC/da = a - y.
-QUADRATIC = Cost(lambda a, y: 0.5 * jnp.sum((a - y) ** 2), lambda a, y: a - y, "quadratic")
+# network.py's QuadraticCost: C = 1/2 ||a - y||^2, dC/da = a - y; the negative
+# log-likelihood of y ~ N(a, I).
+QUADRATIC = Cost(
+    lambda a, y: 0.5 * jnp.sum((a - y) ** 2),
+    lambda a, y: a - y,
+    "quadratic",
+    sample=lambda key, a: a + jax.random.normal(key, a.shape, a.dtype),
+)
 
-# The 001 notes: C_0 = sum_j (a_j - y_j)^2, dC/da = 2 (a - y) (eq 4).
-SQUARED_ERROR = Cost(lambda a, y: jnp.sum((a - y) ** 2), lambda a, y: 2 * (a - y), "squared_error")
+# The 001 notes: C_0 = sum_j (a_j - y_j)^2, dC/da = 2 (a - y) (eq 4); y ~ N(a, I/2).
+SQUARED_ERROR = Cost(
+    lambda a, y: jnp.sum((a - y) ** 2),
+    lambda a, y: 2 * (a - y),
+    "squared_error",
+    sample=lambda key, a: a + jax.random.normal(key, a.shape, a.dtype) / jnp.sqrt(2),
+)
 
 
 def _cross_entropy(a: Array, y: Array) -> Array:
@@ -89,7 +107,14 @@ CROSS_ENTROPY = Cost(
     _cross_entropy,
     lambda a, y: (a - y) / (a * (1 - a)),
     "cross_entropy",
-    (ClosedForm(SIGMOID, _cross_entropy_sigmoid, lambda z, a, y: a - y),),
+    (
+        ClosedForm(
+            SIGMOID,
+            _cross_entropy_sigmoid,
+            lambda z, a, y: a - y,
+            sample=lambda key, z: jax.random.bernoulli(key, jax.nn.sigmoid(z)).astype(z.dtype),
+        ),
+    ),
 )
 
 # network3.py's log-likelihood: C = -sum_j y_j ln a_j, dC/da = -y / a.
@@ -105,6 +130,9 @@ LOG_LIKELIHOOD = Cost(
             SOFTMAX,
             lambda z, y: -jnp.sum(y * jax.nn.log_softmax(z)),
             lambda z, a, y: a * jnp.sum(y) - y,
+            sample=lambda key, z: jax.nn.one_hot(
+                jax.random.categorical(key, z), z.shape[-1], dtype=z.dtype
+            ),
         ),
         ClosedForm(
             SIGMOID,

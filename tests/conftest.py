@@ -29,7 +29,7 @@ COMBOS = (
 
 
 def combo_id(combo):
-    act, out, cost = combo
+    act, out, cost = (getattr(part, "name", part) for part in combo)  # user objects by name
     return f"{act}-{out or act}-{cost}"
 
 

@@ -1,0 +1,230 @@
+"""Curvature from the backward pass: the diagonal of the generalized Gauss-Newton matrix
+(exact and Monte-Carlo) and its Kronecker factors (BackPACK's DiagGGNExact, DiagGGNMC
+and KFLR, in JAX).
+
+The GGN of the mean cost is (1/N) sum_i J_i^T H_i J_i, with J_i the Jacobian of the
+network's output and H_i the Hessian of the cost in it. Write H_i = sum_k lambda_ik
+v_ik v_ik^T (its eigendecomposition: a symmetric factor, with signs where H is not
+positive semi-definite). Then J_i^T v_ik is eq 96 run from delta^L = v_ik (after sigma'
+where the output is a^L): the backward pass, with a column of the factor in place of
+dC/da^L. Eq 99 gives its outer products with a_i^{l-1}, so
+
+  diag GGN of w^l = (1/N) sum_i sum_k lambda_ik (b_ik^l)^2 ((a_i^{l-1})^2)^T,
+
+with b_ik^l the column backpropagated to layer l: n_L backward passes, no Jacobian.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from functional_bp._options import (
+    STATIC,
+    ActivationArg,
+    CostArg,
+    Options,
+    prepare,
+    with_options_doc,
+)
+from functional_bp._validation import check_int, check_key
+from functional_bp.backward import backward_pass, layer_gradient, output_error
+from functional_bp.forward import Cache, forward_pass
+from functional_bp.params import Layer, Params
+
+Array = jax.Array
+
+
+def _hessian_factor(opts: Options, z_L: Array, a_L: Array, y: Array) -> tuple[Array, Array]:
+    """For one example, H = V diag(lambda) V^T and the columns V turned into output
+    errors, shape (n_L, n_L) (column k is row k). H is the Hessian of the cost in z^L
+    where it has a closed form there, else in a^L (then each column goes through sigma')."""
+    form = opts.cost.closed_form(opts.output_activation)
+    if form is not None:
+        hessian = jax.hessian(form.fn)(z_L, y)
+    else:
+        hessian = jax.hessian(opts.cost.fn)(a_L, y)
+    eigenvalues, vectors = jnp.linalg.eigh(hessian)
+    columns = vectors.T
+    if form is None:
+        backward = functools.partial(opts.output_activation.backward, z_L, a_L)
+        columns = jax.vmap(backward)(columns)
+    return eigenvalues, columns
+
+
+def _backpropagated(params: Params, cache: Cache, columns: Array, opts: Options) -> list[Array]:
+    """Eq 96 for each of K output errors per example: columns (batch, K, n_L) to
+    [b^1, ..., b^L], each (batch, K, n_l)."""
+    return jax.vmap(
+        lambda delta_L: backward_pass(params, cache, delta_L, opts), in_axes=1, out_axes=1
+    )(columns)
+
+
+def _factor_columns(params: Params, xs: Array, ys: Array, opts: Options):
+    """The forward cache, the weights lambda (batch, n_L) and the backpropagated columns."""
+    cache = forward_pass(params, xs, opts)
+    ys = ys.astype(cache.activations[-1].dtype)
+    factor = functools.partial(_hessian_factor, opts)
+    weights, columns = jax.vmap(factor)(cache.zs[-1], cache.activations[-1], ys)
+    return cache, weights, _backpropagated(params, cache, columns, opts)
+
+
+def _diagonal(cache: Cache, weights: Array, columns: list[Array], n: int) -> list[Layer]:
+    """(1/N) sum_i sum_k lambda_ik (b_ik^l)^2 ((a_i^{l-1})^2)^T per layer (b: without the
+    a factor): eq 99 squared entry by entry, summed over the columns first."""
+    return [
+        jax.tree.map(
+            lambda g: g / n,
+            layer_gradient(jnp.einsum("ik,ikn->in", weights, b**2), a**2),
+        )
+        for b, a in zip(columns, cache.activations)
+    ]
+
+
+@functools.partial(jax.jit, static_argnames=STATIC)
+@with_options_doc
+def diag_ggn(
+    params: Params,
+    xs: Array,
+    ys: Array,
+    *,
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
+) -> list[Layer]:
+    """The diagonal of the generalized Gauss-Newton matrix of the mean cost,
+    (1/N) sum_i J_i^T H_i J_i, in the structure of params (BackPACK's DiagGGNExact).
+
+    Where the cost has a closed form in z^L for the output activation (cross-entropy
+    after a sigmoid, log-likelihood after a softmax or a sigmoid), J is the Jacobian of
+    z^L and H the Hessian of the cost in z^L; otherwise J is the Jacobian of a^L and H
+    the Hessian in a^L (I for "quadratic", 2I for "squared_error"). Computed by
+    backpropagating the n_L columns of the eigendecomposition of each H_i through eq 96.
+
+    Args:
+      params: a list of `Layer`.
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out).
+      {options}
+    """
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    cache, weights, columns = _factor_columns(params, xs, ys, opts)
+    return _diagonal(cache, weights, columns, xs.shape[0])
+
+
+def _sampler(opts: Options):
+    """``sample(key, z, a)``: a target drawn from the model's predictive distribution."""
+    form = opts.cost.closed_form(opts.output_activation)
+    if form is not None and form.sample is not None:
+        return lambda key, z, a: form.sample(key, z)
+    if form is None and opts.cost.sample is not None:
+        return lambda key, z, a: opts.cost.sample(key, a)
+    raise ValueError(
+        f"diag_ggn_mc needs targets sampled from the model: cost {opts.cost.name!r} after "
+        f"output activation {opts.output_activation.name!r} has no sample function. Give "
+        "your Cost (or its ClosedForm) one, or use diag_ggn"
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("samples",) + STATIC)
+@with_options_doc
+def diag_ggn_mc(
+    key: Array,
+    params: Params,
+    xs: Array,
+    ys: Array,
+    *,
+    samples: int = 1,
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
+) -> list[Layer]:
+    """An unbiased Monte-Carlo estimate of `diag_ggn` (BackPACK's DiagGGNMC).
+
+    For each example, ``samples`` targets y_s are drawn from the model's predictive
+    distribution (the one whose negative log-likelihood the cost is: N(a, I) for
+    "quadratic", N(a, I/2) for "squared_error", Bernoulli(sigma(z)) for cross-entropy
+    after a sigmoid, Categorical(softmax(z)) for log-likelihood after a softmax);
+    E[delta^L(y_s) delta^L(y_s)^T] is then the Hessian of the cost at the output, so
+    backpropagating delta^L(y_s) / sqrt(samples), eqs 90-91 with the sampled target,
+    gives an unbiased estimate with ``samples`` backward passes instead of n_L.
+    Log-likelihood assumes targets that sum to 1 (one-hot).
+
+    Args:
+      key: a `jax.random` key for the targets.
+      params: a list of `Layer`.
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out); used for shapes and checks, the targets are sampled.
+      samples: sampled targets per example.
+      {options}
+    """
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    check_key(key)
+    samples = check_int(samples, "samples")
+    sample = _sampler(opts)
+    cache = forward_pass(params, xs, opts)
+    z_L, a_L = cache.zs[-1], cache.activations[-1]
+    keys = jax.random.split(key, (xs.shape[0], samples))
+    targets = jax.vmap(jax.vmap(sample, in_axes=(0, None, None)))(keys, z_L, a_L)
+    error = functools.partial(
+        output_error, output_activation=opts.output_activation, cost=opts.cost
+    )
+    columns = jax.vmap(jax.vmap(error, in_axes=(None, None, 0)))(z_L, a_L, targets)
+    weights = jnp.full((xs.shape[0], samples), 1 / samples, z_L.dtype)
+    return _diagonal(cache, weights, _backpropagated(params, cache, columns, opts), xs.shape[0])
+
+
+class KFACFactors(NamedTuple):
+    """The Kronecker factors of one layer's GGN block: ``jnp.kron(G, A)``, for one
+    example, is the block of the parameters ordered as the row-major flattening of the
+    augmented matrix [w^l | b^l].
+
+    Attributes:
+      A: (n_{l-1} + 1, n_{l-1} + 1): (1/N) sum_i abar_i abar_i^T, abar = [a^{l-1}; 1].
+      G: (n_l, n_l): (1/N) sum_i sum_k lambda_ik b_ik b_ik^T, the backpropagated factor.
+    """
+
+    A: Array
+    G: Array
+
+
+@functools.partial(jax.jit, static_argnames=STATIC)
+@with_options_doc
+def kfac_factors(
+    params: Params,
+    xs: Array,
+    ys: Array,
+    *,
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
+) -> list[KFACFactors]:
+    """The Kronecker factors (A, G) of every layer's GGN block, KFLR (BackPACK's name):
+    the exact factor of H (as for `diag_ggn`) backpropagated, not a sampled one.
+
+    A = (1/N) sum_i abar_i abar_i^T with abar = [a^{l-1}; 1] (bias last), and
+    G = (1/N) sum_i sum_k lambda_ik b_ik b_ik^T. For one example ``jnp.kron(G, A)`` is
+    exactly the GGN block of layer l; for a batch, kron of the means approximates the
+    mean of the krons (the K-FAC approximation).
+
+    Args:
+      params: a list of `Layer`.
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out).
+      {options}
+
+    Returns:
+      A list of `KFACFactors`, one per layer, layer 1 first.
+    """
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    cache, weights, columns = _factor_columns(params, xs, ys, opts)
+    n = xs.shape[0]
+    factors = []
+    for b, a in zip(columns, cache.activations):
+        a_bar = jnp.concatenate([a, jnp.ones_like(a[:, :1])], axis=1)
+        g = jnp.einsum("ik,ikm,ikn->mn", weights, b, b) / n
+        factors.append(KFACFactors(a_bar.T @ a_bar / n, g))
+    return factors

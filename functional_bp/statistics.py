@@ -1,0 +1,183 @@
+"""Statistics of the per-example gradients g_i = dC_i/dtheta, from one backward pass.
+
+The core keeps every example's error terms delta_i^l and activations a_i^{l-1}, and a
+dense layer's g_i is their outer product (eq 99). So each statistic below is a few matrix
+products over the batch; no per-example gradient of shape (batch, n_l, n_{l-1}) is ever
+built (BackPACK's BatchL2Grad, SumGradSquared, Variance and BatchDotGrad, in JAX).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from functional_bp._options import (
+    STATIC,
+    ActivationArg,
+    CostArg,
+    prepare,
+    with_options_doc,
+)
+from functional_bp.backward import Backprop, backprop_batch, layer_gradient, summed_gradients
+from functional_bp.params import Layer, Params
+
+Array = jax.Array
+
+
+def _squares(result: Backprop) -> list[Layer]:
+    """sum_i g_i^2 entry by entry: eq 99 squared is (delta_i^2)(a_i^2)^T, so the sum over
+    the batch is one matrix product, (delta^2)^T (a^2); for b, sum_i delta_i^2."""
+    return [layer_gradient(d**2, a**2) for d, a in zip(result.deltas, result.cache.activations)]
+
+
+def _squared_norms(result: Backprop) -> Array:
+    """||g_i||^2 of every example, shape (batch,): sum_l ||delta_i^l||^2 (||a_i^{l-1}||^2 + 1)
+    (the w and the b of each layer)."""
+    return sum(
+        jnp.sum(d**2, axis=-1) * (jnp.sum(a**2, axis=-1) + 1)
+        for d, a in zip(result.deltas, result.cache.activations)
+    )
+
+
+@functools.partial(jax.jit, static_argnames=STATIC)
+@with_options_doc
+def sum_grad_squared(
+    params: Params,
+    xs: Array,
+    ys: Array,
+    *,
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
+) -> list[Layer]:
+    """sum_i g_i^2, elementwise, in the structure of params (BackPACK's SumGradSquared).
+
+    For layer l: sum_i (delta_i^l)^2 ((a_i^{l-1})^2)^T for w (eq 99 squared entry by
+    entry: one matrix product) and sum_i (delta_i^l)^2 for b.
+
+    Args:
+      params: a list of `Layer`.
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out).
+      {options}
+    """
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    return _squares(backprop_batch(params, xs, ys, opts))
+
+
+@functools.partial(jax.jit, static_argnames=STATIC)
+@with_options_doc
+def grad_variance(
+    params: Params,
+    xs: Array,
+    ys: Array,
+    *,
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
+) -> list[Layer]:
+    """(1/N) sum_i (g_i - g_bar)^2, elementwise (BackPACK's Variance), as
+    (1/N) sum_i g_i^2 - g_bar^2 from `sum_grad_squared` and the mean gradient g_bar.
+
+    Args:
+      params: a list of `Layer`.
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out).
+      {options}
+    """
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    result = backprop_batch(params, xs, ys, opts)
+    n = xs.shape[0]
+    summed, squares = summed_gradients(result.deltas, result.cache), _squares(result)
+    # Rounding can leave -1e-17 where the variance is 0; a variance is never negative.
+    return jax.tree.map(lambda s, q: jnp.maximum(q / n - (s / n) ** 2, 0), summed, squares)
+
+
+@functools.partial(jax.jit, static_argnames=STATIC)
+@with_options_doc
+def batch_dot(
+    params: Params,
+    xs: Array,
+    ys: Array,
+    *,
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
+) -> Array:
+    """The (N, N) matrix <g_i, g_j> over all parameters (BackPACK's BatchDotGrad).
+
+    <delta_i a_i^T, delta_j a_j^T>_F = (delta_i . delta_j)(a_i . a_j), and the biases add
+    delta_i . delta_j: per layer (D D^T) ⊙ (A A^T + 1), summed over the layers.
+
+    Args:
+      params: a list of `Layer`.
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out).
+      {options}
+    """
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    result = backprop_batch(params, xs, ys, opts)
+    return sum((d @ d.T) * (a @ a.T + 1) for d, a in zip(result.deltas, result.cache.activations))
+
+
+class NoiseScale(NamedTuple):
+    """The simple gradient noise scale of McCandlish et al. (2018) and its parts.
+
+    Attributes:
+      b_simple: tr(Sigma) / |G|^2.
+      trace: tr(Sigma) = sum_i ||g_i - g_bar||^2 / (N - 1), unbiased.
+      grad_norm_sq: |G|^2 estimated without bias as ||g_bar||^2 - tr(Sigma) / N.
+    """
+
+    b_simple: Array
+    trace: Array
+    grad_norm_sq: Array
+
+
+@functools.partial(jax.jit, static_argnames=STATIC)
+@with_options_doc
+def gradient_noise_scale(
+    params: Params,
+    xs: Array,
+    ys: Array,
+    *,
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
+) -> NoiseScale:
+    """B_simple = tr(Sigma) / |G|^2 of McCandlish et al., "An Empirical Model of
+    Large-Batch Training" (2018), from one batch, each part unbiased.
+
+    tr(Sigma) = sum_i ||g_i - g_bar||^2 / (N - 1) = (sum_i ||g_i||^2 - N ||g_bar||^2) /
+    (N - 1), with ||g_i||^2 = sum_l ||delta_i^l||^2 (||a_i^{l-1}||^2 + 1) from the error
+    terms; |G|^2 = ||g_bar||^2 - tr(Sigma) / N. Over several batches, average ``trace``
+    and ``grad_norm_sq`` separately before dividing (the paper's advice): the ratio of
+    one batch is noisy and is negative when the estimate of |G|^2 is.
+
+    Args:
+      params: a list of `Layer`.
+      xs: shape (batch, n_in), at least two examples.
+      ys: shape (batch, n_out).
+      {options}
+
+    Returns:
+      `NoiseScale`: ``b_simple``, ``trace`` and ``grad_norm_sq``, each a scalar.
+    """
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    n = xs.shape[0]
+    if n < 2:
+        raise ValueError(
+            f"Expected at least two examples for a variance, got xs of shape {xs.shape}"
+        )
+    result = backprop_batch(params, xs, ys, opts)
+    mean_sq = sum(
+        jnp.sum((g / n) ** 2)
+        for g in jax.tree.leaves(summed_gradients(result.deltas, result.cache))
+    )
+    squared = _squared_norms(result)
+    trace = (jnp.sum(squared) - n * mean_sq) / (n - 1)
+    grad_norm_sq = mean_sq - trace / n
+    return NoiseScale(trace / grad_norm_sq, trace, grad_norm_sq)
