@@ -280,6 +280,142 @@ def case_per_example_norms(quick):
     return row
 
 
+STATS_OPTIONS = dict(activation="relu", output_activation="softmax", cost="log_likelihood")
+
+
+def _chunked_mean(fn, xs, ys, chunk=16):
+    """The mean over examples of ``fn(x, y)``, vmapped over chunks inside a scan: how one
+    keeps per-example Jacobians in memory with autodiff."""
+    n = xs.shape[0]
+    chunks = xs.reshape(n // chunk, chunk, -1), ys.reshape(n // chunk, chunk, -1)
+    first = jax.eval_shape(fn, xs[0], ys[0])
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
+
+    def body(total, chunk_xy):
+        summed = jax.tree.map(lambda a: jnp.sum(a, axis=0), jax.vmap(fn)(*chunk_xy))
+        return jax.tree.map(jnp.add, total, summed), None
+
+    total, _ = jax.lax.scan(body, zeros, chunks)
+    return jax.tree.map(lambda a: a / n, total)
+
+
+def _autodiff_statistics(params, xs, ys):
+    """The same quantities from jax.vmap(jax.grad), jax.jacobian and jax.hessian."""
+    n = xs.shape[0]
+    forward_kw = dict(activation="relu", output_activation="softmax")
+    per_example = jax.vmap(
+        jax.grad(lambda p, x, y: fbp.loss(p, x[None], y[None], **STATS_OPTIONS)),
+        in_axes=(None, 0, 0),
+    )
+
+    def flat(g):
+        return jnp.concatenate([leaf.reshape(n, -1) for leaf in jax.tree.leaves(g)], axis=1)
+
+    def noise(p, x, y):
+        g = flat(per_example(p, x, y))
+        mean = jnp.mean(g, axis=0)
+        trace = jnp.sum((g - mean) ** 2) / (n - 1)
+        return trace / (jnp.sum(mean**2) - trace / n)
+
+    def logits(p, x):
+        return fbp.forward(p, x, **forward_kw)[1].zs[-1]
+
+    def hessian_factor(z, y):
+        return jnp.linalg.eigh(jax.hessian(lambda z: -jnp.sum(y * jax.nn.log_softmax(z)))(z))
+
+    def diag_ggn_one(x, y):
+        jac = jax.jacobian(logits)(params, x)  # leaves (n_L, *leaf shape)
+        lam, vectors = hessian_factor(logits(params, x), y)
+        return jax.tree.map(
+            lambda j: jnp.einsum("k,k...->...", lam, jnp.tensordot(vectors.T, j, 1) ** 2), jac
+        )
+
+    def mc_one_sample(p, x, y):
+        targets = jax.nn.one_hot(
+            jax.random.categorical(jax.random.key(1), logits(p, x)), y.shape[-1], dtype=y.dtype
+        )
+        return jax.tree.map(lambda g: jnp.sum(g**2, axis=0) / n, per_example(p, x, targets))
+
+    def kfac_one(x, y):
+        cache = fbp.forward(params, x, **forward_kw)[1]
+        lam, vectors = hessian_factor(cache.zs[-1], y)
+        factors = []
+        for l in range(len(params)):
+
+            def rest(z, l=l):  # z^{l+1} -> z^L: the layers after l+1
+                for layer in params[l + 1 :]:
+                    z = layer.w @ jax.nn.relu(z) + layer.b
+                return z
+
+            b = jax.jacobian(rest)(cache.zs[l])  # dz^L / dz^{l+1}: (n_L, n_{l+1})
+            s = vectors.T @ b
+            a_bar = jnp.append(cache.activations[l], 1.0)
+            factors.append((jnp.outer(a_bar, a_bar), s.T @ (lam[:, None] * s)))
+        return factors
+
+    return {
+        "sum_grad_squared": lambda p, x, y: jax.tree.map(
+            lambda g: jnp.sum(g**2, axis=0), per_example(p, x, y)
+        ),
+        "grad_variance": lambda p, x, y: jax.tree.map(
+            lambda g: jnp.var(g, axis=0), per_example(p, x, y)
+        ),
+        "batch_dot": lambda p, x, y: flat(per_example(p, x, y)) @ flat(per_example(p, x, y)).T,
+        "gradient_noise_scale": noise,
+        "diag_ggn_mc (1 sample)": mc_one_sample,
+        "diag_ggn": lambda p, x, y: _chunked_mean(diag_ggn_one, x, y),
+        "kfac_factors": lambda p, x, y: _chunked_mean(kfac_one, x, y),
+    }
+
+
+def case_statistics(quick):
+    """Gradient statistics and curvature from the error terms against one `grad`, and
+    against the same quantities from autodiff."""
+    sizes, batch = ([784, 100, 10], 64) if quick else ([784, 1024, 1024, 10], 256)
+    params, xs, ys = problem(sizes, batch)
+    kw = STATS_OPTIONS
+    library = {
+        "sum_grad_squared": lambda p, x, y: fbp.sum_grad_squared(p, x, y, **kw),
+        "grad_variance": lambda p, x, y: fbp.grad_variance(p, x, y, **kw),
+        "batch_dot": lambda p, x, y: fbp.batch_dot(p, x, y, **kw),
+        "gradient_noise_scale": lambda p, x, y: fbp.gradient_noise_scale(p, x, y, **kw),
+        "diag_ggn_mc (1 sample)": lambda p, x, y: fbp.diag_ggn_mc(jax.random.key(1), p, x, y, **kw),
+        "diag_ggn": lambda p, x, y: fbp.diag_ggn(p, x, y, **kw),
+        "kfac_factors": lambda p, x, y: fbp.kfac_factors(p, x, y, **kw),
+    }
+    autodiff = {k: jax.jit(f) for k, f in _autodiff_statistics(params, xs, ys).items()}
+    contenders = {"grad": lambda p, x, y: fbp.grad(p, x, y, **kw)}
+    contenders.update({k: jax.jit(f) for k, f in library.items()})
+    contenders.update({f"{k} (autodiff)": f for k, f in autodiff.items()})
+    t = interleaved_medians(
+        {k: (lambda f=f: f(params, xs, ys)) for k, f in contenders.items()},
+        repeats=3 if quick else 5,
+        warmup=1,
+    )
+    memory = {k: _memory_mb(jax.jit(f), params, xs, ys) for k, f in contenders.items()}
+    rows = []
+    for name in library:
+        rows.append(
+            dict(
+                name=name,
+                seconds=t[name],
+                vs_grad=t[name] / t["grad"],
+                autodiff_seconds=t[f"{name} (autodiff)"],
+                speedup=t[f"{name} (autodiff)"] / t[name],
+                memory_mb=memory[name],
+                autodiff_memory_mb=memory[f"{name} (autodiff)"],
+            )
+        )
+        r = rows[-1]
+        print(
+            f"statistics {sizes} batch {batch}: {name}: {r['vs_grad']:.2f}x grad, "
+            f"autodiff {r['speedup']:.1f}x slower, {r['memory_mb']:.1f} vs "
+            f"{r['autodiff_memory_mb']:.1f} MiB",
+            flush=True,
+        )
+    return dict(sizes=sizes, batch=batch, grad_s=t["grad"], grad_mb=memory["grad"], rows=rows)
+
+
 def case_compile(sizes_list):
     rows = []
     for sizes, batch in sizes_list:
@@ -378,6 +514,23 @@ def markdown(result):
         f"\nSpeed-up from the error terms: norms x{p['norms_speedup']:.1f}, "
         f"clipped gradient x{p['clipped_speedup']:.1f}."
     )
+    st = result["statistics"]
+    lines += [
+        "",
+        f"Gradient statistics and curvature, {st['sizes']}, batch {st['batch']}, relu/softmax/"
+        f"log-likelihood: time against one `grad` ({st['grad_s'] * 1e3:.1f} ms, "
+        f"{st['grad_mb']:.1f} MiB) and against the same quantity from autodiff "
+        "(`jax.vmap(jax.grad)`, `jax.jacobian`, `jax.hessian`):",
+        "",
+        "| quantity | ms | x grad | autodiff ms | speed-up | MiB | autodiff MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in st["rows"]:
+        lines.append(
+            f"| {r['name']} | {r['seconds'] * 1e3:.1f} | {r['vs_grad']:.2f} | "
+            f"{r['autodiff_seconds'] * 1e3:.1f} | {r['speedup']:.1f} | {r['memory_mb']:.1f} | "
+            f"{r['autodiff_memory_mb']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -429,6 +582,7 @@ def main(argv=None):
         per_example=case_per_example(sizes_list[:3], args.quick),
         epoch=case_epoch(args.quick, gemm),
         per_example_norms=case_per_example_norms(args.quick),
+        statistics=case_statistics(args.quick),
     )
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     out.with_suffix(".md").write_text(markdown(result))
