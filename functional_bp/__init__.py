@@ -13,7 +13,15 @@ from functional_bp.backward import hidden_error, layer_gradient, output_error, w
 from functional_bp.chain_rule import chain_rule_gradients
 from functional_bp.checkpoint import load_params, save_params
 from functional_bp.costs import COSTS, ClosedForm, Cost
-from functional_bp.curvature import KFACFactors, diag_ggn, diag_ggn_mc, kfac_factors
+from functional_bp.curvature import (
+    CurvatureTransformation,
+    KFACFactors,
+    diag_ggn,
+    diag_ggn_descent,
+    diag_ggn_mc,
+    kfac_factors,
+    scale_by_diag_ggn,
+)
 from functional_bp.data import Dataset, download_mnist, load_digits, load_mnist, one_hot
 from functional_bp.diagnostics import LayerNorms, layer_gradient_norms
 from functional_bp.differentiable import mlp
@@ -58,6 +66,7 @@ __all__ = [
     "Cache",
     "ClosedForm",
     "Cost",
+    "CurvatureTransformation",
     "Dataset",
     "GradCheck",
     "KFACFactors",
@@ -78,6 +87,7 @@ __all__ = [
     "data_parallel_grad",
     "data_parallel_sgd_step",
     "diag_ggn",
+    "diag_ggn_descent",
     "diag_ggn_mc",
     "download_mnist",
     "dp_sgd_step",
@@ -108,6 +118,7 @@ __all__ = [
     "per_example_grads",
     "private_grad",
     "save_params",
+    "scale_by_diag_ggn",
     "scan_epoch",
     "sgd_step",
     "sum_grad_squared",

@@ -72,6 +72,13 @@ _positive = _number(float, 0, inclusive=False)
 _non_negative = _number(float, 0, inclusive=True)
 
 
+def _unit_interval(text: str) -> float:
+    value = _non_negative(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
 def _add_network_options(parser: argparse.ArgumentParser, sizes: Optional[str]) -> None:
     parser.add_argument(
         "--sizes",
@@ -140,6 +147,8 @@ OPTIMIZERS = {
     "adamw": optax.adamw,
     "rmsprop": optax.rmsprop,
 }
+# Diagonal Gauss-Newton descent (issue 11), with --damping and --ggn-decay.
+CURVATURE_OPTIMIZERS = ("diag_ggn",)
 
 
 def _load_dataset(args: argparse.Namespace):
@@ -174,13 +183,18 @@ def train(args: argparse.Namespace) -> dict:
         xs, ys, eval_xs, eval_ys = (a.astype(jnp.float64) for a in (xs, ys, eval_xs, eval_ys))
     dtype = jnp.float64 if args.float64 else jnp.float32
     params = fbp.init_mlp(init_key, args.sizes, init=args.init, dtype=dtype)
+    track_set = xs[: args.track_examples], ys[: args.track_examples]
 
     if args.optimizer == "sgd":
         opt_state = None
     else:
         if args.lmbda:
             raise ValueError("--lmbda applies to --optimizer sgd only")
-        optimizer = OPTIMIZERS[args.optimizer](args.eta)
+        optimizer = (
+            fbp.diag_ggn_descent(args.eta, args.damping, args.ggn_decay)
+            if args.optimizer == "diag_ggn"
+            else OPTIMIZERS[args.optimizer](args.eta)
+        )
         opt_state = optimizer.init(params)
 
     forward_options = dict(activation=args.activation, output_activation=args.output_activation)
@@ -225,6 +239,13 @@ def train(args: argparse.Namespace) -> dict:
             "eval_cost": fbp.total_cost(params, eval_xs, eval_ys, lmbda=args.lmbda, **options),
             "eval_accuracy": correct / eval_xs.shape[0],
         }
+        if "noise-scale" in args.track:
+            noise = fbp.gradient_noise_scale(params, *track_set, **options)
+            row.update(
+                noise_scale=float(noise.b_simple),
+                noise_trace=float(noise.trace),
+                noise_grad_norm_sq=float(noise.grad_norm_sq),
+            )
         history.append(row)
         try:
             _check_divergence(params, row["train_cost"], epoch)
@@ -323,6 +344,10 @@ def _write_history(args, record: dict, history: list[dict], eval_name: str) -> N
         print(f"plot written to {args.plot}")
 
 
+# The simple noise scale McCandlish et al. (2018) report for MNIST (as issue 11 quotes it).
+MNIST_NOISE_SCALE = 900
+
+
 def plot_history(history: list[dict], path: str, *, title: str, eval_name: str) -> None:
     """A figure of training and evaluation cost and accuracy per epoch."""
     import matplotlib
@@ -331,13 +356,22 @@ def plot_history(history: list[dict], path: str, *, title: str, eval_name: str) 
     import matplotlib.pyplot as plt
 
     epochs = [row["epoch"] for row in history]
-    fig, (cost_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    tracked = "noise_scale" in history[0]
+    fig, axes = plt.subplots(1, 2 + tracked, figsize=(5 * (2 + tracked), 4))
+    cost_ax, acc_ax = axes[:2]
+    if tracked:
+        noise_ax = axes[2]
+        noise_ax.semilogy(epochs, [row["noise_scale"] for row in history], label="B_simple")
+        noise_ax.axhline(
+            MNIST_NOISE_SCALE, color="gray", ls="--", label="McCandlish et al. 2018, MNIST"
+        )
+        noise_ax.set(xlabel="epoch", ylabel="B_simple", title="gradient noise scale")
     for prefix, label in (("train", "training"), ("eval", eval_name)):
         cost_ax.plot(epochs, [row[f"{prefix}_cost"] for row in history], label=label)
         acc_ax.plot(epochs, [100 * row[f"{prefix}_accuracy"] for row in history], label=label)
     cost_ax.set(xlabel="epoch", ylabel="cost", title="cost")
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    for ax in (cost_ax, acc_ax):
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
@@ -468,7 +502,31 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--batch-size", type=_count, default=10)
     fit.add_argument("--eta", type=_positive, default=3.0)
     fit.add_argument("--lmbda", type=_non_negative, default=0.0, help="L2 (sgd only)")
-    fit.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd")
+    fit.add_argument(
+        "--optimizer", choices=sorted([*OPTIMIZERS, *CURVATURE_OPTIMIZERS]), default="sgd"
+    )
+    fit.add_argument(
+        "--damping", type=_positive, default=0.1, help="diag_ggn: added to the curvature"
+    )
+    fit.add_argument(
+        "--ggn-decay",
+        type=_unit_interval,
+        default=0.9,
+        help="diag_ggn: decay of the curvature's running average, in [0, 1)",
+    )
+    fit.add_argument(
+        "--track",
+        choices=["noise-scale"],
+        action="append",
+        default=[],
+        help="also record per epoch: the gradient noise scale B_simple (McCandlish et al.)",
+    )
+    fit.add_argument(
+        "--track-examples",
+        type=_count,
+        default=5000,
+        help="training examples the tracked statistics use (default 5000)",
+    )
     fit.add_argument("--save", default=None, help="write params to this .npz")
     fit.add_argument(
         "--plot", default=None, help="write a figure of cost and accuracy (.png, .pdf, .svg, ...)"

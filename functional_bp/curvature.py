@@ -17,10 +17,11 @@ with b_ik^l the column backpropagated to layer l: n_L backward passes, no Jacobi
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from functional_bp._options import (
     STATIC,
@@ -30,7 +31,7 @@ from functional_bp._options import (
     prepare,
     with_options_doc,
 )
-from functional_bp._validation import check_int, check_key
+from functional_bp._validation import check_int, check_key, check_number
 from functional_bp.backward import backward_pass, layer_gradient, output_error
 from functional_bp.forward import Cache, forward_pass
 from functional_bp.params import Layer, Params
@@ -111,6 +112,11 @@ def diag_ggn(
       {options}
     """
     opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    return mean_diag_ggn(params, xs, ys, opts)
+
+
+def mean_diag_ggn(params: Params, xs: Array, ys: Array, opts: Options) -> list[Layer]:
+    """The core of `diag_ggn`, for callers that have checked their input."""
     cache, weights, columns = _factor_columns(params, xs, ys, opts)
     return _diagonal(cache, weights, columns, xs.shape[0])
 
@@ -228,3 +234,69 @@ def kfac_factors(
         g = jnp.einsum("ik,ikm,ikn->mn", weights, b, b) / n
         factors.append(KFACFactors(a_bar.T @ a_bar / n, g))
     return factors
+
+
+# A diagonal Gauss-Newton preconditioner for optax.
+
+
+class CurvatureTransformation(optax.GradientTransformationExtraArgs):
+    """An optax transformation whose ``update`` takes ``diag_ggn=`` (the diagonal GGN of
+    the mini-batch, structure of params): `optax_step` and `optax_epoch` compute it in
+    the same step and pass it. Wrap an `optax.chain` that contains `scale_by_diag_ggn` in
+    it to keep that: ``CurvatureTransformation(*optax.chain(...))``."""
+
+
+class DiagGGNState(NamedTuple):
+    """The running average of the diagonal GGN and the number of updates."""
+
+    curvature: Any
+    count: Array
+
+
+def scale_by_diag_ggn(damping: float = 0.1, decay: float = 0.9) -> CurvatureTransformation:
+    """g -> g / (c + damping), with c the diagonal GGN of the mini-batch, or with ``decay``
+    > 0 its running average c <- decay c + (1 - decay) diag_ggn (bias-corrected, as Adam's
+    second moment): a Newton step in the Gauss-Newton metric, one parameter at a time.
+
+    Args:
+      damping: added to the curvature; it bounds the step where the curvature is ~0.
+        On the digits (sigmoid/softmax/log-likelihood, batch 10), 1e-3 and 1e-2 diverged
+        and 0.1 trained well: the scale follows the cost's curvature.
+      decay: the running average's decay, in [0, 1); 0 uses each mini-batch's alone.
+    """
+    check_number(damping, "damping", minimum=0, inclusive=False)
+    check_number(decay, "decay", minimum=0)
+    if decay >= 1:
+        raise ValueError(f"Expected decay in [0, 1), got {decay} instead")
+
+    def init(params):
+        return DiagGGNState(jax.tree.map(jnp.zeros_like, params), jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None, *, diag_ggn=None, **extra):
+        if diag_ggn is None:
+            raise ValueError(
+                "scale_by_diag_ggn needs diag_ggn=...: drive it with optax_step/optax_epoch, "
+                "or pass the mini-batch's diag_ggn to update yourself"
+            )
+        count = state.count + 1
+        curvature = jax.tree.map(
+            lambda c, d: decay * c + (1 - decay) * d, state.curvature, diag_ggn
+        )
+        correction = 1 - decay**count
+        updates = jax.tree.map(
+            lambda g, c: g / (c / correction.astype(c.dtype) + damping), updates, curvature
+        )
+        return updates, DiagGGNState(curvature, count)
+
+    return CurvatureTransformation(init, update)
+
+
+def diag_ggn_descent(
+    learning_rate: float, damping: float = 0.1, decay: float = 0.9
+) -> CurvatureTransformation:
+    """theta <- theta - learning_rate * g / (diag GGN + damping): `scale_by_diag_ggn`
+    then `optax.scale(-learning_rate)`. Use it as any optax optimizer with `optax_step`
+    or `optax_epoch` (the CLI: ``train --optimizer diag_ggn --damping ...``)."""
+    check_number(learning_rate, "learning_rate", minimum=0, inclusive=False)
+    chained = optax.chain(scale_by_diag_ggn(damping, decay), optax.scale(-learning_rate))
+    return CurvatureTransformation(*chained)

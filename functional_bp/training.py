@@ -36,6 +36,7 @@ from functional_bp._validation import (
     positive,
 )
 from functional_bp.backward import mean_cost, mean_value_and_grad
+from functional_bp.curvature import CurvatureTransformation, mean_diag_ggn
 from functional_bp.forward import forward_pass
 from functional_bp.params import Layer, Params
 
@@ -236,7 +237,10 @@ def check_divergence(
 
 def _optax_step(optimizer, params, opt_state, xs, ys, opts: Options):
     grads = mean_value_and_grad(params, xs, ys, opts)[1]
-    updates, opt_state = optimizer.update(grads, opt_state, params)
+    extra = {}
+    if isinstance(optimizer, CurvatureTransformation):  # it preconditions with the GGN
+        extra["diag_ggn"] = mean_diag_ggn(params, xs, ys, opts)
+    updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
     return optax.apply_updates(params, updates), opt_state
 
 
@@ -254,6 +258,9 @@ def optax_step(
     cost: CostArg = "quadratic",
 ) -> tuple[list[Layer], optax.OptState]:
     """One step of any optax optimizer driven by the hand-written `grad`.
+
+    A `CurvatureTransformation` (`diag_ggn_descent`) also gets the mini-batch's
+    `diag_ggn`, computed in the same step.
 
     Example::
 

@@ -199,3 +199,57 @@ def test_under_the_callers_jit_and_vmap():
         vmapped = jax.jit(jax.vmap(fn, in_axes=(None, 0, 0)))(params, *groups)
         separate = [fn(params, groups[0][g], groups[1][g]) for g in range(3)]
         assert_tree_close(vmapped, jax.tree.map(lambda *a: jnp.stack(a), *separate), rtol=1e-12)
+
+
+def test_diag_ggn_descent_is_a_preconditioned_step():
+    params, xs, ys = random_problem(700, batch=5, sizes=[4, 3, 2])
+    kw = options(("tanh", "softmax", "log_likelihood"))
+    optimizer = fbp.diag_ggn_descent(0.5, damping=1e-2, decay=0.0)
+    state = optimizer.init(params)
+    new, state = fbp.optax_step(optimizer, params, state, xs, ys, **kw)
+    grads, curvature = fbp.grad(params, xs, ys, **kw), fbp.diag_ggn(params, xs, ys, **kw)
+    expected = jax.tree.map(lambda p, g, c: p - 0.5 * g / (c + 1e-2), params, grads, curvature)
+    assert_tree_close(new, expected, rtol=1e-12)
+    # A running average (bias-corrected): the first step is the same, the state keeps it.
+    averaged = fbp.diag_ggn_descent(0.5, damping=1e-2, decay=0.9)
+    first, avg_state = fbp.optax_step(averaged, params, averaged.init(params), xs, ys, **kw)
+    assert_tree_close(first, expected, rtol=1e-12)
+    assert_tree_close(
+        avg_state[0].curvature, jax.tree.map(lambda c: 0.1 * c, curvature), rtol=1e-12
+    )
+
+
+def test_diag_ggn_descent_trains_and_checks_its_arguments():
+    params, xs, ys = random_problem(701, batch=32, sizes=[4, 6, 3])
+    kw = options(("sigmoid", "softmax", "log_likelihood"))
+    optimizer = fbp.diag_ggn_descent(0.1, damping=1e-3, decay=0.9)
+    before = float(fbp.loss(params, xs, ys, **kw))
+    params, _ = fbp.optax_epoch(
+        jax.random.key(0), optimizer, params, optimizer.init(params), xs, ys, batch_size=4, **kw
+    )
+    assert float(fbp.loss(params, xs, ys, **kw)) < before
+    with pytest.raises(ValueError, match="damping to be a finite number > 0"):
+        fbp.diag_ggn_descent(0.1, damping=0.0)
+    with pytest.raises(ValueError, match=r"decay in \[0, 1\)"):
+        fbp.scale_by_diag_ggn(decay=1.0)
+    with pytest.raises(ValueError, match="needs diag_ggn="):
+        transform = fbp.scale_by_diag_ggn()
+        transform.update(params, transform.init(params), params)
+
+
+def test_cli_tracks_the_noise_scale_and_trains_with_diag_ggn(tmp_path, capsys):
+    from functional_bp.cli import main
+
+    history = tmp_path / "h.json"
+    argv = ["train", "--epochs", "2", "--optimizer", "diag_ggn", "--eta", "0.3"]
+    argv += ["--init", "scaled_normal"]
+    argv += ["--output-activation", "softmax", "--cost", "log_likelihood", "--no-progress"]
+    argv += ["--track", "noise-scale", "--track-examples", "500", "--json", str(history)]
+    argv += ["--plot", str(tmp_path / "h.png")]
+    assert main(argv) == 0
+    rows = __import__("json").loads(history.read_text())["history"]
+    assert [sorted(k for k in row if k.startswith("noise")) for row in rows] == [
+        ["noise_grad_norm_sq", "noise_scale", "noise_trace"]
+    ] * 2
+    assert all(row["noise_trace"] > 0 for row in rows)
+    assert rows[-1]["eval_accuracy"] > 0.5
