@@ -28,8 +28,13 @@ from functional_bp.differentiable import mlp
 from functional_bp.forward import Cache, feedforward, forward
 from functional_bp.gradcheck import GradCheck, LeafCheck, check_gradients
 from functional_bp.gradients import backprop, error_terms, grad, loss, value_and_grad
-from functional_bp.parallel import data_mesh, data_parallel_grad, data_parallel_sgd_step
-from functional_bp.params import Layer, init_mlp, layer_sizes
+from functional_bp.parallel import (
+    data_mesh,
+    data_parallel_epoch,
+    data_parallel_grad,
+    data_parallel_sgd_step,
+)
+from functional_bp.params import Layer, init_mlp, init_mlp_many, layer_sizes
 from functional_bp.per_example import (
     PerExampleNorms,
     clipped_grad,
@@ -57,6 +62,7 @@ from functional_bp.training import (
     sgd_step,
     total_cost,
     train_epoch,
+    train_epoch_many,
 )
 
 __all__ = [
@@ -84,6 +90,7 @@ __all__ = [
     "check_gradients",
     "clipped_grad",
     "data_mesh",
+    "data_parallel_epoch",
     "data_parallel_grad",
     "data_parallel_sgd_step",
     "diag_ggn",
@@ -100,6 +107,7 @@ __all__ = [
     "gradient_noise_scale",
     "hidden_error",
     "init_mlp",
+    "init_mlp_many",
     "interleaved_medians",
     "kfac_factors",
     "layer_gradient",
@@ -124,6 +132,7 @@ __all__ = [
     "sum_grad_squared",
     "total_cost",
     "train_epoch",
+    "train_epoch_many",
     "value_and_grad",
     "weighted_error",
 ]

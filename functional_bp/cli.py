@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import os
 import statistics
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,8 @@ import functional_bp as fbp
 from functional_bp import data
 from functional_bp._files import atomic_write, check_writable
 from functional_bp._options import resolve
+from functional_bp.backward import mean_cost
+from functional_bp.forward import forward_pass
 
 try:
     import tqdm
@@ -70,6 +74,30 @@ _count = _number(int, 1, inclusive=True)
 _seed = _number(int, 0, inclusive=True)
 _positive = _number(float, 0, inclusive=False)
 _non_negative = _number(float, 0, inclusive=True)
+
+
+def _seeds(text: str) -> list[int]:
+    """ "0-7" or "0,3,5" (or both: "0-3,8")."""
+    seeds = []
+    try:
+        for part in text.split(","):
+            low, _, high = part.partition("-")
+            seeds += range(int(low), int(high or low) + 1)
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct seeds >= 0 like 0-7 or 0,3,5, got {text!r}"
+        )
+    return seeds
+
+
+def _etas(text: str) -> list[float]:
+    """One learning rate or a list: "3" or "0.5,1,3"."""
+    etas = [_positive(part) for part in text.split(",")]
+    if len(set(etas)) < len(etas):
+        raise argparse.ArgumentTypeError(f"expected distinct learning rates, got {text!r}")
+    return etas
 
 
 def _unit_interval(text: str) -> float:
@@ -162,28 +190,63 @@ def _load_dataset(args: argparse.Namespace):
     return train, test, "test"
 
 
-def train(args: argparse.Namespace) -> dict:
-    """Trains a network with the hand-written gradients; returns the run's record."""
+class _Data(NamedTuple):
+    """The training and evaluation sets, as the library takes them."""
+
+    xs: jax.Array
+    ys: jax.Array
+    labels: np.ndarray
+    eval_xs: jax.Array
+    eval_ys: jax.Array
+    eval_labels: np.ndarray
+    eval_name: str
+
+
+def _load_training_data(args: argparse.Namespace) -> _Data:
+    """Checks what can be checked before any work, then loads the data."""
     if args.sizes is None:
         args.sizes = [64, 30, 10] if args.dataset == "digits" else [784, 30, 10]
-    options = _options(args)
-    resolve(**options)  # fail before loading data
-    _check_outputs(save=args.save, json=args.json, plot=args.plot)
+    resolve(**_options(args))  # fail before loading data
+    if jax.process_index() == 0:  # the one process that writes
+        _check_outputs(save=args.save, json=args.json, plot=args.plot)
     train_set, eval_set, eval_name = _load_dataset(args)
     if train_set.x.shape[1] != args.sizes[0] or args.sizes[-1] != 10:
         raise ValueError(
             f"--sizes {','.join(map(str, args.sizes))} does not fit {args.dataset}: "
             f"it needs {train_set.x.shape[1]} inputs and 10 outputs"
         )
-    xs, ys = jnp.asarray(train_set.x), jnp.asarray(data.one_hot(train_set.y))
-    eval_xs, eval_ys = jnp.asarray(eval_set.x), jnp.asarray(data.one_hot(eval_set.y))
-    init_key, key = jax.random.split(jax.random.key(args.seed))
+    dtype = _dtype(args)
+    xs, ys = (jnp.asarray(a, dtype) for a in (train_set.x, data.one_hot(train_set.y)))
+    eval_xs, eval_ys = (jnp.asarray(a, dtype) for a in (eval_set.x, data.one_hot(eval_set.y)))
+    return _Data(xs, ys, train_set.y, eval_xs, eval_ys, eval_set.y, eval_name)
+
+
+def _dtype(args: argparse.Namespace):
     if args.float64:
         jax.config.update("jax_enable_x64", True)
-        xs, ys, eval_xs, eval_ys = (a.astype(jnp.float64) for a in (xs, ys, eval_xs, eval_ys))
-    dtype = jnp.float64 if args.float64 else jnp.float32
-    params = fbp.init_mlp(init_key, args.sizes, init=args.init, dtype=dtype)
-    track_set = xs[: args.track_examples], ys[: args.track_examples]
+    return jnp.float64 if args.float64 else jnp.float32
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Trains a network with the hand-written gradients; returns the run's record.
+
+    More than one seed or learning rate trains every combination in one program."""
+    args.seeds = args.seeds or [args.seed]
+    if len(args.seeds) * len(args.eta) > 1:
+        return _train_many(args)
+    return _train_one(args)
+
+
+def _train_one(args: argparse.Namespace) -> dict:
+    (args.seed,), (eta,) = args.seeds, args.eta
+    options = _options(args)
+    processes = jax.process_count()
+    if processes > 1 and args.optimizer != "sgd":
+        raise ValueError("training on several processes takes --optimizer sgd")
+    d = _load_training_data(args)
+    init_key, key = jax.random.split(jax.random.key(args.seed))
+    params = fbp.init_mlp(init_key, args.sizes, init=args.init, dtype=_dtype(args))
+    track_set = d.xs[: args.track_examples], d.ys[: args.track_examples]
 
     if args.optimizer == "sgd":
         opt_state = None
@@ -191,53 +254,46 @@ def train(args: argparse.Namespace) -> dict:
         if args.lmbda:
             raise ValueError("--lmbda applies to --optimizer sgd only")
         optimizer = (
-            fbp.diag_ggn_descent(args.eta, args.damping, args.ggn_decay)
+            fbp.diag_ggn_descent(eta, args.damping, args.ggn_decay)
             if args.optimizer == "diag_ggn"
-            else OPTIMIZERS[args.optimizer](args.eta)
+            else OPTIMIZERS[args.optimizer](eta)
         )
         opt_state = optimizer.init(params)
+    if processes > 1:  # each process holds its devices' part of every mini-batch
+        mesh = fbp.data_mesh()
+        host_xs, host_ys = np.asarray(d.xs), np.asarray(d.ys)
+        print(f"data-parallel over {processes} processes, {mesh.size} devices")
 
     forward_options = dict(activation=args.activation, output_activation=args.output_activation)
-    history, record = [], {"config": {k: v for k, v in vars(args).items() if k != "run"}}
+    history, record = [], {"config": _config(args)}
     epochs = tqdm.trange(
         1, args.epochs + 1, desc="training", unit="epoch", disable=args.no_progress, file=sys.stdout
     )
     for epoch in epochs:
         key, epoch_key = jax.random.split(key)
         start = time.perf_counter()
-        if opt_state is None:
-            params = fbp.train_epoch(
-                epoch_key,
-                params,
-                xs,
-                ys,
-                args.eta,
-                batch_size=args.batch_size,
-                lmbda=args.lmbda,
-                n=xs.shape[0],
-                **options,
+        common = dict(batch_size=args.batch_size, **options)
+        if processes > 1:
+            params = fbp.data_parallel_epoch(
+                mesh, epoch_key, params, host_xs, host_ys, eta, lmbda=args.lmbda, **common
             )
+            params = [fbp.Layer(*(a.addressable_data(0) for a in layer)) for layer in params]
+        elif opt_state is None:
+            params = fbp.train_epoch(epoch_key, params, d.xs, d.ys, eta, lmbda=args.lmbda, **common)
         else:
             params, opt_state = fbp.optax_epoch(
-                epoch_key,
-                optimizer,
-                params,
-                opt_state,
-                xs,
-                ys,
-                batch_size=args.batch_size,
-                **options,
+                epoch_key, optimizer, params, opt_state, d.xs, d.ys, **common
             )
         jax.block_until_ready(params)
         seconds = time.perf_counter() - start
-        correct = fbp.evaluate(params, eval_xs, eval_set.y, **forward_options)
+        correct = fbp.evaluate(params, d.eval_xs, d.eval_labels, **forward_options)
         row = {
             "epoch": epoch,
             "train_seconds": seconds,
-            "train_cost": fbp.total_cost(params, xs, ys, lmbda=args.lmbda, **options),
-            "train_accuracy": fbp.accuracy(params, xs, train_set.y, **forward_options),
-            "eval_cost": fbp.total_cost(params, eval_xs, eval_ys, lmbda=args.lmbda, **options),
-            "eval_accuracy": correct / eval_xs.shape[0],
+            "train_cost": fbp.total_cost(params, d.xs, d.ys, lmbda=args.lmbda, **options),
+            "train_accuracy": fbp.accuracy(params, d.xs, d.labels, **forward_options),
+            "eval_cost": fbp.total_cost(params, d.eval_xs, d.eval_ys, lmbda=args.lmbda, **options),
+            "eval_accuracy": correct / d.eval_xs.shape[0],
         }
         if "noise-scale" in args.track:
             noise = fbp.gradient_noise_scale(params, *track_set, **options)
@@ -250,16 +306,198 @@ def train(args: argparse.Namespace) -> dict:
         try:
             _check_divergence(params, row["train_cost"], epoch)
         except fbp.TrainingDiverged:
-            _write_history(args, record, history, eval_name)  # what was learnt is kept
+            _write_history(args, record, history, d.eval_name)  # what was learnt is kept
             raise
         # network.py's progress line.
-        tqdm.tqdm.write(f"Epoch {epoch - 1}: {correct} / {eval_xs.shape[0]}", file=sys.stdout)
+        tqdm.tqdm.write(f"Epoch {epoch - 1}: {correct} / {d.eval_xs.shape[0]}", file=sys.stdout)
         epochs.set_postfix(acc=f"{row['eval_accuracy']:.4f}", cost=f"{row['eval_cost']:.4f}")
 
+    record.update(_summary(history), eval_set=d.eval_name)
+    print(
+        f"{args.dataset} {d.eval_name} accuracy: final {record['final_accuracy']:.2%}, "
+        f"peak {record['peak_accuracy']:.2%} (epoch {record['peak_epoch']}); training "
+        f"{record['median_train_seconds_per_epoch']:.3f} s per epoch (median, epochs 2+), "
+        f"first epoch with compilation {record['first_epoch_seconds']:.2f} s"
+    )
+    # The history first: if the params cannot be written, the run is still on record.
+    _write_history(args, record, history, d.eval_name)
+    if args.save and jax.process_index() == 0:
+        fbp.save_params(args.save, params, **options_metadata(args))
+        print(f"params saved to {args.save}")
+    return record
+
+
+@functools.partial(jax.jit, static_argnames=("opts",))
+def _metrics_many(params, xs, ys, labels, opts):
+    """Correct count and mean cost of every run: a run axis on every param leaf."""
+    cost = lambda p: mean_cost(p, xs, ys, opts)  # noqa: E731
+    correct = lambda p: jnp.sum(  # noqa: E731
+        jnp.argmax(forward_pass(p, xs, opts).activations[-1], axis=-1) == labels
+    )
+    return jax.vmap(correct)(params), jax.vmap(cost)(params)
+
+
+def _train_many(args: argparse.Namespace) -> dict:
+    """Every (seed, eta) at once: `train_epoch_many`, one program for all runs."""
+    if args.optimizer != "sgd" or args.save or jax.process_count() > 1:
+        raise ValueError(
+            "several --seeds or --eta values train with --optimizer sgd, without --save, "
+            "in one process"
+        )
+    runs = [(seed, eta) for eta in args.eta for seed in args.seeds]
+    options = _options(args)
+    opts = resolve(**options)
+    d = _load_training_data(args)
+    dtype = _dtype(args)
+    split = jax.vmap(jax.random.split)
+    init_keys, keys = jnp.moveaxis(split(jnp.stack([jax.random.key(s) for s, _ in runs])), 1, 0)
+    params = fbp.init_mlp_many(init_keys, args.sizes, init=args.init, dtype=dtype)
+    etas = jnp.asarray([eta for _, eta in runs], dtype)
+    histories = [[] for _ in runs]
+    diverged: dict[int, str] = {}
+    print(f"{len(runs)} runs in one program: seeds {args.seeds} x eta {args.eta}")
+    for epoch in tqdm.trange(1, args.epochs + 1, desc="training", disable=args.no_progress):
+        keys, epoch_keys = jnp.moveaxis(split(keys), 1, 0)
+        if args.shared_shuffle:
+            epoch_keys = epoch_keys[0]
+        start = time.perf_counter()
+        params = fbp.train_epoch_many(
+            epoch_keys,
+            params,
+            d.xs,
+            d.ys,
+            etas,
+            batch_size=args.batch_size,
+            lmbda=args.lmbda,
+            n=d.xs.shape[0],
+            **options,
+        )
+        jax.block_until_ready(params)
+        seconds = time.perf_counter() - start
+        train = _metrics_many(params, d.xs, d.ys, d.labels, opts)
+        evals = _metrics_many(params, d.eval_xs, d.eval_ys, d.eval_labels, opts)
+        l2 = 0.5 * args.lmbda / d.xs.shape[0] * sum(jnp.sum(l.w**2, axis=(1, 2)) for l in params)
+        for r, history in enumerate(histories):
+            row = {
+                "epoch": epoch,
+                "train_seconds": seconds,
+                "train_cost": float(train[1][r] + l2[r]),
+                "train_accuracy": float(train[0][r]) / d.xs.shape[0],
+                "eval_cost": float(evals[1][r] + l2[r]),
+                "eval_accuracy": float(evals[0][r]) / d.eval_xs.shape[0],
+            }
+            history.append(row)
+            if r not in diverged:
+                try:
+                    _check_divergence(
+                        jax.tree.map(lambda a, r=r: a[r], params), row["train_cost"], epoch
+                    )
+                except fbp.TrainingDiverged as error:
+                    diverged[r] = str(error)
+                    print(f"run seed {runs[r][0]} eta {runs[r][1]:g}: {error}")
+        accuracies = [
+            histories[r][-1]["eval_accuracy"] for r in range(len(runs)) if r not in diverged
+        ]
+        if accuracies:
+            tqdm.tqdm.write(
+                f"Epoch {epoch - 1}: {d.eval_name} accuracy mean {np.mean(accuracies):.2%}, best "
+                f"{max(accuracies):.2%} over {len(accuracies)} runs ({seconds:.2f} s)"
+            )
+    record = {"config": _config(args), "eval_set": d.eval_name, "runs": []}
+    for r, (seed, eta) in enumerate(runs):
+        run = dict(seed=seed, eta=eta, diverged=diverged.get(r), history=histories[r])
+        record["runs"].append({**run, **_summary(histories[r])})
+    record["summary"] = _print_sweep(args, record, d.eval_name)
+    _write_sweep(args, record)
+    if len(diverged) == len(runs):
+        raise fbp.TrainingDiverged("every run diverged; try a smaller --eta")
+    return record
+
+
+def _print_sweep(args, record: dict, eval_name: str) -> list[dict]:
+    """Per run, then per eta the mean ± std and best of the final and peak accuracies."""
+    print(f"{'seed':>5} {'eta':>7} {'final':>8} {'peak':>8} (epoch)")
+    for run in record["runs"]:
+        note = "  diverged" if run["diverged"] else ""
+        print(
+            f"{run['seed']:>5} {run['eta']:>7g} {run['final_accuracy']:>8.2%} "
+            f"{run['peak_accuracy']:>8.2%} ({run['peak_epoch']}){note}"
+        )
+    summary = []
+    for eta in args.eta:
+        finals = [
+            r["final_accuracy"] for r in record["runs"] if r["eta"] == eta and not r["diverged"]
+        ]
+        peaks = [
+            r["peak_accuracy"] for r in record["runs"] if r["eta"] == eta and not r["diverged"]
+        ]
+        if not finals:
+            continue
+        row = dict(
+            eta=eta,
+            runs=len(finals),
+            final_mean=float(np.mean(finals)),
+            final_std=float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0,
+            final_best=max(finals),
+            peak_mean=float(np.mean(peaks)),
+            peak_best=max(peaks),
+        )
+        summary.append(row)
+        print(
+            f"eta {eta:g}, {len(finals)} runs: {eval_name} accuracy final "
+            f"{row['final_mean']:.2%} ± {row['final_std']:.2%} (best {row['final_best']:.2%}), "
+            f"peak mean {row['peak_mean']:.2%} (best {row['peak_best']:.2%})"
+        )
+    return summary
+
+
+def _write_sweep(args, record: dict) -> None:
+    if args.json:
+        text = json.dumps(_strict_json(record), indent=2, allow_nan=False)
+        atomic_write(args.json, lambda f: f.write(text.encode()), "--json")
+        print(f"history of every run written to {args.json}")
+    if args.plot:
+        _plot_sweep(record, args.plot, title=f"{args.dataset} {args.sizes}")
+        print(f"plot written to {args.plot}")
+
+
+def _plot_sweep(record: dict, path: str, *, title: str) -> None:
+    """Per eta: the mean test accuracy and cost across seeds, with a band from the worst
+    to the best run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (cost_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for eta in sorted({run["eta"] for run in record["runs"]}):
+        runs = [r for r in record["runs"] if r["eta"] == eta and not r["diverged"]]
+        if not runs:
+            continue
+        epochs = [row["epoch"] for row in runs[0]["history"]]
+        for ax, key, scale in ((cost_ax, "eval_cost", 1), (acc_ax, "eval_accuracy", 100)):
+            values = scale * np.array([[row[key] for row in r["history"]] for r in runs])
+            line = ax.plot(epochs, values.mean(axis=0), label=f"eta {eta:g} ({len(runs)} runs)")
+            ax.fill_between(
+                epochs, values.min(axis=0), values.max(axis=0), alpha=0.2, color=line[0].get_color()
+            )
+    cost_ax.set(xlabel="epoch", ylabel="cost", title=f"{record['eval_set']} cost")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{record['eval_set']} accuracy")
+    for ax in (cost_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{title}: mean over seeds, band from worst to best")
+    _save_figure(fig, path)
+
+
+def _config(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k != "run"}
+
+
+def _summary(history: list[dict]) -> dict:
     times = [row["train_seconds"] for row in history]
     best = max(history, key=lambda row: row["eval_accuracy"])
-    record.update(
-        eval_set=eval_name,
+    return dict(
         final_accuracy=history[-1]["eval_accuracy"],
         peak_accuracy=best["eval_accuracy"],
         peak_epoch=best["epoch"],
@@ -267,18 +505,6 @@ def train(args: argparse.Namespace) -> dict:
         median_train_seconds_per_epoch=statistics.median(times[1:] or times),
         first_epoch_seconds=times[0],
     )
-    print(
-        f"{args.dataset} {eval_name} accuracy: final {record['final_accuracy']:.2%}, "
-        f"peak {record['peak_accuracy']:.2%} (epoch {record['peak_epoch']}); training "
-        f"{record['median_train_seconds_per_epoch']:.3f} s per epoch (median, epochs 2+), "
-        f"first epoch with compilation {times[0]:.2f} s"
-    )
-    # The history first: if the params cannot be written, the run is still on record.
-    _write_history(args, record, history, eval_name)
-    if args.save:
-        fbp.save_params(args.save, params, **options_metadata(args))
-        print(f"params saved to {args.save}")
-    return record
 
 
 def _check_divergence(params, cost, epoch: int) -> None:
@@ -335,6 +561,8 @@ def _strict_json(value):
 
 def _write_history(args, record: dict, history: list[dict], eval_name: str) -> None:
     record["history"] = history
+    if jax.process_index() > 0:  # process 0 writes for all
+        return
     if args.json:
         text = json.dumps(_strict_json(record), indent=2, allow_nan=False)
         atomic_write(args.json, lambda f: f.write(text.encode()), "--json")
@@ -500,7 +728,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_network_options(fit, None)
     fit.add_argument("--epochs", type=_count, default=30)
     fit.add_argument("--batch-size", type=_count, default=10)
-    fit.add_argument("--eta", type=_positive, default=3.0)
+    fit.add_argument(
+        "--eta",
+        type=_etas,
+        default=[3.0],
+        help="learning rate, or a list (0.5,1,3): every (seed, eta) trains in one program",
+    )
+    fit.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=None,
+        help="several seeds (0-7 or 0,3,5), trained at once in one program; default --seed",
+    )
+    fit.add_argument(
+        "--shared-shuffle",
+        action="store_true",
+        help="with several runs: one mini-batch order for all (faster; seeds then vary "
+        "the initial weights only)",
+    )
+    cluster = fit.add_argument_group(
+        "several processes (jax.distributed): data-parallel SGD, process 0 writes"
+    )
+    cluster.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+    cluster.add_argument("--num-processes", type=_count, default=None)
+    cluster.add_argument("--process-id", type=_seed, default=None)
+    cluster.add_argument(
+        "--distributed",
+        action="store_true",
+        help="jax.distributed.initialize() with the cluster's own detection (SLURM, ...)",
+    )
     fit.add_argument("--lmbda", type=_non_negative, default=0.0, help="L2 (sgd only)")
     fit.add_argument(
         "--optimizer", choices=sorted([*OPTIMIZERS, *CURVATURE_OPTIMIZERS]), default="sgd"
@@ -552,8 +808,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _init_distributed(args: argparse.Namespace) -> None:
+    """`jax.distributed.initialize` from --coordinator, --num-processes and --process-id,
+    or from the cluster's environment with --distributed; before any JAX computation."""
+    given = [args.coordinator, args.num_processes, args.process_id]
+    if not args.distributed and None in given:
+        raise ValueError(
+            "several processes need --coordinator, --num-processes and --process-id "
+            "together (or --distributed on a cluster JAX detects)"
+        )
+    if args.process_id is not None and args.process_id >= args.num_processes:
+        raise ValueError(
+            f"--process-id {args.process_id} must be below --num-processes {args.num_processes}"
+        )
+    # CPUs reach each other with gloo; GPUs and TPUs use their own collectives.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    cluster = getattr(args, "distributed", False) or any(
+        getattr(args, name, None) is not None
+        for name in ("coordinator", "num_processes", "process_id")
+    )
+    if cluster:
+        try:
+            _init_distributed(args)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if jax.process_index() > 0:  # process 0 reports for all
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
     if tqdm is None and args.command in ("train", "demo", "diagnose"):
         print('error: install the cli extra: pip install "functional_bp[cli]"', file=sys.stderr)
         return 2

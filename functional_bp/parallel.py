@@ -14,7 +14,7 @@ from typing import Optional
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from functional_bp._options import (
     STATIC,
@@ -26,6 +26,7 @@ from functional_bp._options import (
 )
 from functional_bp._validation import (
     check_int,
+    check_key,
     check_values,
     optional_count,
     optional_non_negative,
@@ -138,3 +139,80 @@ def data_parallel_sgd_step(
     check_l2(lmbda, n)
     grads = _sharded_mean_grad(mesh, axis, params, xs, ys, opts)
     return sgd_update(params, grads, eta, lmbda, n)
+
+
+@functools.partial(jax.jit, static_argnames=("mesh", "axis", "opts"))
+def _sharded_steps(mesh, axis, params, xs_batches, ys_batches, eta, lmbda, n, opts):
+    """`sgd_step` on each (batch, n_in) slice of the leading axis, batches sharded."""
+
+    def body(params, batch):
+        grads = _sharded_mean_grad(mesh, axis, params, *batch, opts)
+        return sgd_update(params, grads, eta, lmbda, n), None
+
+    return jax.lax.scan(body, params, (xs_batches, ys_batches))[0]
+
+
+def _global_batches(mesh, axis, data, indices):
+    """The global array ``data[indices]`` (indices of shape (steps, batch)), sharded over
+    ``axis`` along the batch: each process gathers only the rows of its own devices."""
+    sharding = NamedSharding(mesh, PartitionSpec(None, axis))
+    shape = (*indices.shape, data.shape[1])
+    return jax.make_array_from_callback(shape, sharding, lambda index: data[indices[index[:2]]])
+
+
+@check_values(key=check_key, eta=positive, lmbda=optional_non_negative, n=optional_count)
+@with_options_doc
+def data_parallel_epoch(
+    mesh: Mesh,
+    key: Array,
+    params: Params,
+    xs,
+    ys,
+    eta: float,
+    *,
+    batch_size: int,
+    axis: str = "data",
+    lmbda: Optional[float] = None,
+    n: Optional[int] = None,
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
+) -> list[Layer]:
+    """`train_epoch` with every mini-batch split over the devices of ``mesh``, which may
+    span processes (``jax.distributed.initialize``): the same shuffle on every process
+    from ``key``, each process gathering only its devices' part of each mini-batch, and
+    each step's gradient averaged across devices (`lax.pmean`): the result equals one
+    process's `train_epoch` on the whole data, up to the order of floating-point sums.
+
+    Args:
+      mesh: a `jax.sharding.Mesh` over the devices of every process (`data_mesh()`).
+      key: the shuffle's key, the same on every process.
+      params: a list of `Layer`, the same on every process.
+      xs, ys: the whole training set (NumPy arrays), the same on every process.
+      eta, lmbda, n: as for `train_epoch`; ``n`` defaults to the number of examples.
+      batch_size: the global mini-batch; it, and a last partial mini-batch, must divide
+        across the devices of ``axis``.
+      axis: the mesh axis the mini-batches are split over.
+      {options}
+
+    Returns:
+      The params after the epoch, replicated over ``mesh``.
+    """
+    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    batch_size = check_int(batch_size, "batch_size")
+    num_examples = xs.shape[0]
+    n = num_examples if n is None else n
+    _check_divisible(mesh, axis, batch_size)
+    _check_divisible(mesh, axis, num_examples % batch_size)
+    xs, ys = np.asarray(xs), np.asarray(ys)
+    order = np.asarray(jax.random.permutation(key, num_examples))
+    num_full = num_examples // batch_size
+    replicated = NamedSharding(mesh, PartitionSpec())
+    params = jax.device_put(jax.tree.map(np.asarray, list(params)), replicated)
+    pieces = [order[: num_full * batch_size].reshape(num_full, batch_size)]
+    if num_examples % batch_size:  # network.py's last, smaller mini-batch
+        pieces.append(order[num_full * batch_size :][None])
+    for indices in pieces:
+        xb, yb = (_global_batches(mesh, axis, data, indices) for data in (xs, ys))
+        params = _sharded_steps(mesh, axis, params, xb, yb, eta, lmbda, n, opts)
+    return params

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from functional_bp._validation import check_float_dtype, check_int, check_key
 
@@ -65,6 +66,21 @@ def init_mlp(
             w = w / jnp.sqrt(jnp.asarray(n_in, dtype))
         params.append(Layer(w, jax.random.normal(b_key, (n_out,), dtype)))
     return params
+
+
+def init_mlp_many(
+    keys: Array, sizes: Sequence[int], *, init: str = "normal", dtype=jnp.float32
+) -> list[Layer]:
+    """`init_mlp` for R runs at once: ``keys`` of shape (R,) (``jax.random.split(key, R)``),
+    params whose every leaf has a leading run axis, w of shape (R, n_out, n_in). Run r's
+    params are exactly ``init_mlp(keys[r], sizes)``."""
+    shape = np.shape(keys)
+    if len(shape) != 1:
+        raise TypeError(
+            f"Expected keys to be a 1-D array of jax.random keys, one per run "
+            f"(jax.random.split(key, R)), got shape {shape} instead"
+        )
+    return jax.vmap(lambda key: init_mlp(key, sizes, init=init, dtype=dtype))(keys)
 
 
 def layer_sizes(params: Params) -> list[int]:

@@ -116,12 +116,12 @@ def scan_epoch(
     for every mini-batch, inside one `jax.lax.scan`.
 
     `train_epoch` and `optax_epoch` are this with their steps; pass your own step (a
-    `jax.grad` step, another optimizer) to run it the same way. The shuffled
-    mini-batches are gathered once per epoch, a copy of the data set: one large gather
-    is faster than a small one per step (measured with scripts/bench.py's epoch case,
-    about 20 % at batch 10), and the loop is unrolled 4 times to cut per-iteration
-    overhead. A last, partial mini-batch (when ``batch_size`` does not divide the number
-    of examples) is one more step of its smaller size, as in network.py, which keeps it.
+    `jax.grad` step, another optimizer) to run it the same way. Each step gathers its
+    mini-batch from ``xs`` and ``ys`` by index, so the data set is never copied: under
+    `jax.vmap` over runs (`train_epoch_many`) every run reads the one shared data set.
+    The loop is unrolled 4 times to cut per-iteration overhead. A last, partial
+    mini-batch (when ``batch_size`` does not divide the number of examples) is one more
+    step of its smaller size, as in network.py, which keeps it.
 
     Args:
       key: a `jax.random` key for the shuffle (``jax.random.permutation(key, n)``).
@@ -138,9 +138,9 @@ def scan_epoch(
     full = order[: num_full * batch_size].reshape(num_full, batch_size)
 
     def body(carry, batch):
-        return step(carry, *batch), None
+        return step(carry, xs[batch], ys[batch]), None
 
-    carry, _ = jax.lax.scan(body, carry, (xs[full], ys[full]), unroll=_UNROLL)
+    carry, _ = jax.lax.scan(body, carry, full, unroll=_UNROLL)
     if num_examples % batch_size:
         rest = order[num_full * batch_size :]
         carry = step(carry, xs[rest], ys[rest])
@@ -186,6 +186,54 @@ def train_epoch(
         return _sgd_step(params, xb, yb, eta, lmbda, n, opts)
 
     return scan_epoch(key, params, xs, ys, step, batch_size=batch_size)
+
+
+def train_epoch_many(
+    keys: Array,
+    params: Params,
+    xs: Array,
+    ys: Array,
+    etas,
+    *,
+    batch_size: int,
+    lmbda=None,
+    n=None,
+    activation: ActivationArg = "sigmoid",
+    output_activation: Optional[ActivationArg] = None,
+    cost: CostArg = "quadratic",
+) -> list[Layer]:
+    """`train_epoch` for R runs in one program: ``jax.vmap`` over the runs' params (leaves
+    with a leading run axis, as `init_mlp_many` makes them) and learning rates, with the
+    data set shared by all runs. Run r equals ``train_epoch(keys[r], params[r], xs, ys,
+    etas[r], ...)``.
+
+    Args:
+      keys: R keys (``jax.random.split(key, R)``): every run shuffles its own way, as
+        separate runs would; or one key: one shuffle shared by all runs, which turns
+        each run's small first-layer product into one large one (faster on a CPU).
+      params: a list of `Layer` with a leading run axis.
+      xs, ys: the training set, shared.
+      etas: a learning rate per run, shape (R,), or one for all.
+      batch_size, lmbda, n: as for `train_epoch` (``lmbda`` and ``n`` shared).
+      activation, output_activation, cost: as for `train_epoch`.
+
+    Returns:
+      The params of every run after the epoch, leading run axis.
+    """
+    key_axis = None if np.shape(keys) == () else 0
+    etas = jnp.asarray(etas)
+    eta_axis = None if etas.ndim == 0 else 0
+    epoch = functools.partial(
+        train_epoch,
+        batch_size=batch_size,
+        lmbda=lmbda,
+        n=n,
+        activation=activation,
+        output_activation=output_activation,
+        cost=cost,
+    )
+    run = jax.vmap(epoch, in_axes=(key_axis, 0, None, None, eta_axis))
+    return run(keys, params, xs, ys, etas)
 
 
 class TrainingDiverged(FloatingPointError):
