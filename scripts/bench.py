@@ -223,6 +223,46 @@ def case_epoch(quick, gemm_gflops):
     return row
 
 
+def case_many_runs(quick, gemm_gflops):
+    """R networks of [784, 30, 10] at batch 10 in one program (`train_epoch_many`) against
+    one run (`train_epoch`): throughput ratio R * t_1 / t_R, own shuffles and a shared one."""
+    sizes, batch, n = [784, 30, 10], 10, (5_000 if quick else 50_000)
+    _, xs, ys = problem(sizes, n)
+    counts = (4, 8) if quick else (16, 64)
+    key = jax.random.key(1)
+    one = fbp.init_mlp(jax.random.key(0), sizes)
+    contenders = {"1 run": lambda: train_epoch(key, one, xs, ys, 3.0, batch_size=batch)}
+    for r in counts:
+        keys = jax.random.split(jax.random.key(2), r)
+        params = fbp.init_mlp_many(keys, sizes)
+        etas = jnp.full((r,), 3.0)
+        for label, epoch_keys in (("own shuffles", keys), ("shared shuffle", key)):
+            contenders[f"{r} runs, {label}"] = lambda k=epoch_keys, p=params, e=etas: (
+                fbp.train_epoch_many(k, p, xs, ys, e, batch_size=batch)
+            )
+    t = interleaved_medians(contenders, repeats=3, warmup=1)
+    floor = step_flops(sizes, n) / (gemm_gflops * 1e9)
+    rows = []
+    for name, seconds in t.items():
+        r = int(name.split()[0])
+        rows.append(
+            dict(
+                name=name,
+                runs=r,
+                seconds=seconds,
+                throughput=r * t["1 run"] / seconds,
+                over_floor=seconds / (r * floor),
+            )
+        )
+        print(
+            f"many runs {sizes} batch {batch}, {n} examples: {name}: {seconds:.3f} s, "
+            f"throughput x{rows[-1]['throughput']:.2f} of one run, "
+            f"{rows[-1]['over_floor']:.1f}x the FLOP floor",
+            flush=True,
+        )
+    return dict(sizes=sizes, batch=batch, examples=n, rows=rows)
+
+
 def _memory_mb(jitted, *args):
     """Temporary plus output bytes of the compiled program (XLA's memory analysis)."""
     stats = jitted.lower(*args).compile().memory_analysis()
@@ -523,6 +563,19 @@ def markdown(result):
         f"\nSpeed-up from the error terms: norms x{p['norms_speedup']:.1f}, "
         f"clipped gradient x{p['clipped_speedup']:.1f}."
     )
+    mr = result["many_runs"]
+    lines += [
+        "",
+        f"Many runs in one program, {mr['sizes']}, batch {mr['batch']}, {mr['examples']} "
+        "examples per epoch (`train_epoch_many` against `train_epoch`):",
+        "",
+        "| runs | s per epoch | throughput vs one run | x FLOP floor |",
+        "| --- | --- | --- | --- |",
+    ]
+    for r in mr["rows"]:
+        lines.append(
+            f"| {r['name']} | {r['seconds']:.3f} | {r['throughput']:.2f} | {r['over_floor']:.1f} |"
+        )
     st = result["statistics"]
     lines += [
         "",
@@ -592,6 +645,7 @@ def main(argv=None):
         epoch=case_epoch(args.quick, gemm),
         per_example_norms=case_per_example_norms(args.quick),
         statistics=case_statistics(args.quick),
+        many_runs=case_many_runs(args.quick, gemm),
     )
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     out.with_suffix(".md").write_text(markdown(result))
