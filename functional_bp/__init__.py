@@ -5,13 +5,14 @@ Everything a user calls is importable from here; the submodules hold it by topic
 `activations`, `costs`, `params`, `forward`, `backward` (the equations and the core),
 `gradients`, `per_example`, `differentiable`, `training`, `parallel`, `diagnostics`,
 `gradcheck`, `chain_rule`, `checkpoint`, `data`, `timing`, `statistics` (per-example
-gradient statistics), `curvature` (Gauss-Newton diagonal, Kronecker factors).
+gradient statistics), `curvature` (Gauss-Newton diagonal, Kronecker factors),
+`feedback` (feedback alignment and its relatives).
 """
 
 from functional_bp.activations import ACTIVATIONS, Activation
 from functional_bp.backward import hidden_error, layer_gradient, output_error, weighted_error
 from functional_bp.chain_rule import chain_rule_gradients
-from functional_bp.checkpoint import load_params, save_params
+from functional_bp.checkpoint import load_feedback, load_params, save_params
 from functional_bp.costs import COSTS, ClosedForm, Cost
 from functional_bp.curvature import (
     CurvatureTransformation,
@@ -25,6 +26,14 @@ from functional_bp.curvature import (
 from functional_bp.data import Dataset, download_mnist, load_digits, load_mnist, one_hot
 from functional_bp.diagnostics import LayerNorms, layer_gradient_norms
 from functional_bp.differentiable import mlp
+from functional_bp.feedback import (
+    Alignment,
+    alignment_angles,
+    feedback_epoch,
+    feedback_grad,
+    feedback_step,
+    init_feedback,
+)
 from functional_bp.forward import Cache, feedforward, forward
 from functional_bp.gradcheck import GradCheck, LeafCheck, check_gradients
 from functional_bp.gradients import backprop, error_terms, grad, loss, value_and_grad
@@ -69,6 +78,7 @@ __all__ = [
     "ACTIVATIONS",
     "COSTS",
     "Activation",
+    "Alignment",
     "Cache",
     "ClosedForm",
     "Cost",
@@ -83,6 +93,7 @@ __all__ = [
     "PerExampleNorms",
     "TrainingDiverged",
     "accuracy",
+    "alignment_angles",
     "backprop",
     "batch_dot",
     "chain_rule_gradients",
@@ -100,12 +111,16 @@ __all__ = [
     "dp_sgd_step",
     "error_terms",
     "evaluate",
+    "feedback_epoch",
+    "feedback_grad",
+    "feedback_step",
     "feedforward",
     "forward",
     "grad",
     "grad_variance",
     "gradient_noise_scale",
     "hidden_error",
+    "init_feedback",
     "init_mlp",
     "init_mlp_many",
     "interleaved_medians",
@@ -114,6 +129,7 @@ __all__ = [
     "layer_gradient_norms",
     "layer_sizes",
     "load_digits",
+    "load_feedback",
     "load_mnist",
     "load_params",
     "loss",

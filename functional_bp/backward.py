@@ -114,22 +114,35 @@ def example_costs(opts: Options, cache: Cache, ys: Array) -> Array:
     return jax.vmap(functools.partial(example_cost, opts))(cache.zs[-1], cache.activations[-1], ys)
 
 
-def backward_pass(params: Params, cache: Cache, delta_L: Array, opts: Options) -> list[Array]:
-    """[delta^1, ..., delta^L] from delta^L (batch, n_L): eq 96 from layer L-1 down to 1."""
+def backward_pass(
+    params: Params,
+    cache: Cache,
+    delta_L: Array,
+    opts: Options,
+    *,
+    matrices: Optional[list[Array]] = None,
+) -> list[Array]:
+    """[delta^1, ..., delta^L] from delta^L (batch, n_L): eq 96 from layer L-1 down to 1.
+
+    ``matrices``, when given, replaces w^{l+1} in eq 96 layer by layer (entry l-1 for
+    layer l, each of the shape of w^{l+1}): the backward pass of feedback alignment.
+    """
     num_layers = len(params)
+    matrices = [layer.w for layer in params[1:]] if matrices is None else matrices
     deltas = [delta_L]
     for l in range(num_layers - 1, 0, -1):  # params[l] is layer l+1
         one_example = functools.partial(
-            hidden_error, params[l].w, activation=layer_activation(opts, l, num_layers)
+            hidden_error, matrices[l - 1], activation=layer_activation(opts, l, num_layers)
         )
         deltas.insert(0, jax.vmap(one_example)(deltas[0], cache.zs[l - 1], cache.activations[l]))
     return deltas
 
 
-def backprop_batch(
+def output_errors(
     params: Params, xs: Array, ys: Array, opts: Options, *, scale: Optional[Array] = None
-) -> Backprop:
-    """The core: forward pass, eqs 90-91 per example, eq 96 back to layer 1.
+) -> tuple[Cache, Array, Array]:
+    """The forward pass of a batch and delta^L of every example (eqs 90-91, vmapped):
+    ``(cache, ys in the params' dtype, delta^L)``.
 
     ``scale``, when given, multiplies delta^L; eq 96 is linear in delta, so every
     delta^l carries it (the mean gradient's 1/batch goes into the smallest array).
@@ -142,6 +155,15 @@ def backprop_batch(
     delta_L = jax.vmap(one_example)(cache.zs[-1], cache.activations[-1], ys)
     if scale is not None:
         delta_L = delta_L * scale
+    return cache, ys, delta_L
+
+
+def backprop_batch(
+    params: Params, xs: Array, ys: Array, opts: Options, *, scale: Optional[Array] = None
+) -> Backprop:
+    """The core: forward pass, eqs 90-91 per example (`output_errors`), eq 96 back to
+    layer 1 (`backward_pass`)."""
+    cache, ys, delta_L = output_errors(params, xs, ys, opts, scale=scale)
     return Backprop(cache, ys, backward_pass(params, cache, delta_L, opts))
 
 

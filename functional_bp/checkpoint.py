@@ -6,7 +6,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import jax.numpy as jnp
 import numpy as np
@@ -27,13 +27,15 @@ def _stored(array: np.ndarray) -> np.ndarray:
     return array.view(f"u{array.dtype.itemsize}")
 
 
-def save_params(path: str | os.PathLike, params: Params, **metadata: Any) -> Path:
+def save_params(path: str | os.PathLike, params: Params, *, feedback=None, **metadata: Any) -> Path:
     """Writes params and JSON-able metadata (activation, cost, ...) to ``path`` (.npz).
 
     The sizes and the dtype are stored with them; params of a dtype numpy lacks
     (bfloat16) are stored as their bits and come back exactly. The write is atomic: a
     temporary file in the same directory, renamed over ``path`` only once complete, so a
-    failed save leaves any earlier file intact and nothing half-written.
+    failed save leaves any earlier file intact and nothing half-written. ``feedback``,
+    the matrices of a feedback-alignment rule, are stored with the params
+    (`load_feedback` reads them).
 
     Raises (before anything is written):
       ValueError: a metadata key is reserved ("format", "sizes", "dtype") or its values
@@ -56,6 +58,8 @@ def save_params(path: str | os.PathLike, params: Params, **metadata: Any) -> Pat
     for l, layer in enumerate(params, start=1):
         arrays[f"w{l}"] = _stored(np.asarray(layer.w))
         arrays[f"b{l}"] = _stored(np.asarray(layer.b))
+    for l, matrix in enumerate(feedback or [], start=1):
+        arrays[f"feedback{l}"] = _stored(np.asarray(matrix))
     return atomic_write(path, lambda f: np.savez(f, **arrays), "params")
 
 
@@ -65,6 +69,11 @@ def _restored(array: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
     if array.dtype == np.dtype(f"u{dtype.itemsize}"):  # stored as bits by `_stored`
         return array.view(dtype)
     raise ValueError(f"{path}: an array of {array.dtype} where the header says {dtype}")
+
+
+def load_feedback(path: str | os.PathLike) -> Optional[list[np.ndarray]]:
+    """The feedback matrices `save_params` stored with the params, or None."""
+    return load_params(path)[1].get("feedback")
 
 
 def load_params(path: str | os.PathLike) -> tuple[list[Layer], dict[str, Any]]:
@@ -91,7 +100,8 @@ def load_params(path: str | os.PathLike) -> tuple[list[Layer], dict[str, Any]]:
     sizes = meta.get("sizes")
     if not isinstance(sizes, list) or len(sizes) < 2:
         raise ValueError(f"{path}: the header's sizes {sizes!r} are not a list of layer sizes")
-    expected = {f"{leaf}{l}" for l in range(1, len(sizes)) for leaf in "wb"}
+    feedback = {name for name in arrays if name.startswith("feedback")}
+    expected = {f"{leaf}{l}" for l in range(1, len(sizes)) for leaf in "wb"} | feedback
     if set(arrays) != expected:
         raise ValueError(f"{path}: expected arrays {sorted(expected)}, found {sorted(arrays)}")
     dtype = meta.pop("dtype", None)  # absent from files of earlier versions
@@ -102,6 +112,8 @@ def load_params(path: str | os.PathLike) -> tuple[list[Layer], dict[str, Any]]:
             raise ValueError(f"{path}: unknown dtype {dtype!r} in the header") from None
         arrays = {name: _restored(array, dtype, path) for name, array in arrays.items()}
     params = [Layer(arrays[f"w{l}"], arrays[f"b{l}"]) for l in range(1, len(sizes))]
+    if feedback:
+        meta["feedback"] = [arrays[f"feedback{l}"] for l in range(1, len(feedback) + 1)]
     try:
         found = check_params(params)
     except (ValueError, TypeError) as error:

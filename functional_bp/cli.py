@@ -241,12 +241,20 @@ def _train_one(args: argparse.Namespace) -> dict:
     (args.seed,), (eta,) = args.seeds, args.eta
     options = _options(args)
     processes = jax.process_count()
-    if processes > 1 and args.optimizer != "sgd":
-        raise ValueError("training on several processes takes --optimizer sgd")
+    if processes > 1 and (args.optimizer != "sgd" or args.rule != "bp"):
+        raise ValueError("training on several processes takes --optimizer sgd --rule bp")
+    if args.rule != "bp" and (args.optimizer != "sgd" or args.lmbda):
+        raise ValueError(
+            f"--rule {args.rule} trains with plain SGD and --weight-decay, not --optimizer "
+            "or --lmbda"
+        )
     d = _load_training_data(args)
     init_key, key = jax.random.split(jax.random.key(args.seed))
     params = fbp.init_mlp(init_key, args.sizes, init=args.init, dtype=_dtype(args))
     track_set = d.xs[: args.track_examples], d.ys[: args.track_examples]
+    feedback = None
+    if args.rule != "bp":  # fixed random feedback from its own key: the same initial weights
+        feedback = fbp.init_feedback(jax.random.key(args.seed + 10**6), params, args.rule)
 
     if args.optimizer == "sgd":
         opt_state = None
@@ -278,6 +286,18 @@ def _train_one(args: argparse.Namespace) -> dict:
                 mesh, epoch_key, params, host_xs, host_ys, eta, lmbda=args.lmbda, **common
             )
             params = [fbp.Layer(*(a.addressable_data(0) for a in layer)) for layer in params]
+        elif args.rule != "bp":
+            params, feedback = fbp.feedback_epoch(
+                epoch_key,
+                params,
+                feedback,
+                d.xs,
+                d.ys,
+                eta,
+                rule=args.rule,
+                weight_decay=args.weight_decay,
+                **common,
+            )
         elif opt_state is None:
             params = fbp.train_epoch(epoch_key, params, d.xs, d.ys, eta, lmbda=args.lmbda, **common)
         else:
@@ -295,6 +315,12 @@ def _train_one(args: argparse.Namespace) -> dict:
             "eval_cost": fbp.total_cost(params, d.eval_xs, d.eval_ys, lmbda=args.lmbda, **options),
             "eval_accuracy": correct / d.eval_xs.shape[0],
         }
+        if args.rule != "bp":
+            angles = fbp.alignment_angles(params, feedback, *track_set, rule=args.rule, **options)
+            row.update(
+                update_angles=np.asarray(angles.update).tolist(),
+                feedback_angles=np.asarray(angles.feedback).tolist(),
+            )
         if "noise-scale" in args.track:
             noise = fbp.gradient_noise_scale(params, *track_set, **options)
             row.update(
@@ -322,7 +348,7 @@ def _train_one(args: argparse.Namespace) -> dict:
     # The history first: if the params cannot be written, the run is still on record.
     _write_history(args, record, history, d.eval_name)
     if args.save and jax.process_index() == 0:
-        fbp.save_params(args.save, params, **options_metadata(args))
+        fbp.save_params(args.save, params, feedback=feedback, **options_metadata(args))
         print(f"params saved to {args.save}")
     return record
 
@@ -339,10 +365,10 @@ def _metrics_many(params, xs, ys, labels, opts):
 
 def _train_many(args: argparse.Namespace) -> dict:
     """Every (seed, eta) at once: `train_epoch_many`, one program for all runs."""
-    if args.optimizer != "sgd" or args.save or jax.process_count() > 1:
+    if args.optimizer != "sgd" or args.rule != "bp" or args.save or jax.process_count() > 1:
         raise ValueError(
-            "several --seeds or --eta values train with --optimizer sgd, without --save, "
-            "in one process"
+            "several --seeds or --eta values train with --optimizer sgd and --rule bp, "
+            "without --save, in one process"
         )
     runs = [(seed, eta) for eta in args.eta for seed in args.seeds]
     options = _options(args)
@@ -515,7 +541,7 @@ def _check_divergence(params, cost, epoch: int) -> None:
 
 
 def options_metadata(args: argparse.Namespace) -> dict:
-    return dict(_options(args), dataset=args.dataset)
+    return dict(_options(args), dataset=args.dataset, rule=getattr(args, "rule", "bp"))
 
 
 def _check_outputs(**paths: Optional[str]) -> None:
@@ -618,9 +644,12 @@ def _save_figure(fig, path: str) -> None:
 
 
 def diagnose(args: argparse.Namespace) -> int:
-    """Per-layer gradient norms across training: deep sigmoid next to deep relu."""
+    """Per-layer gradient norms across training: deep sigmoid next to deep relu; or, with
+    --alignment, the angles of feedback alignment and Kolen-Pollack across training."""
     resolve(args.activation, None, "quadratic")
     _check_outputs(plot=args.plot)
+    if args.alignment:
+        return _diagnose_alignment(args)
     train_set, _, _ = _load_dataset(args)
     sizes = [train_set.x.shape[1], *args.hidden, 10]
     xs, ys = jnp.asarray(train_set.x), jnp.asarray(data.one_hot(train_set.y))
@@ -652,6 +681,73 @@ def diagnose(args: argparse.Namespace) -> int:
         _plot_layer_norms(runs, args.plot, sizes)
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _diagnose_alignment(args: argparse.Namespace) -> int:
+    """fa and kp from the same initial weights: per hidden layer, the angle between the
+    rule's update and the gradient, and between B and w^{l+1}, after every epoch."""
+    train_set, _, _ = _load_dataset(args)
+    sizes = [train_set.x.shape[1], *args.hidden, 10]
+    xs, ys = jnp.asarray(train_set.x), jnp.asarray(data.one_hot(train_set.y))
+    probe = xs[: args.probe], ys[: args.probe]
+    options = dict(activation="sigmoid", output_activation="sigmoid", cost="cross_entropy")
+    runs = {}
+    for rule in ("fa", "kp"):
+        init_key, key = jax.random.split(jax.random.key(args.seed))
+        params = fbp.init_mlp(init_key, sizes, init="scaled_normal")
+        feedback = fbp.init_feedback(jax.random.key(args.seed + 10**6), params, rule)
+        angles = [fbp.alignment_angles(params, feedback, *probe, rule=rule, **options)]
+        for epoch in tqdm.trange(1, args.epochs + 1, desc=rule, disable=args.no_progress):
+            key, epoch_key = jax.random.split(key)
+            params, feedback = fbp.feedback_epoch(
+                epoch_key,
+                params,
+                feedback,
+                xs,
+                ys,
+                args.eta,
+                rule=rule,
+                batch_size=10,
+                weight_decay=args.weight_decay if rule == "kp" else 0.0,
+                **options,
+            )
+            _check_divergence(params, None, epoch)
+            angles.append(fbp.alignment_angles(params, feedback, *probe, rule=rule, **options))
+        runs[rule] = angles
+        for epoch in (0, args.epochs):
+            update, between = (np.asarray(a) for a in angles[epoch])
+            print(
+                f"{rule} {sizes} epoch {epoch:>3}: update vs gradient "
+                + " ".join(f"{v:5.1f}" for v in update[:-1])
+                + " deg; B vs w "
+                + " ".join(f"{v:5.1f}" for v in between)
+                + " deg"
+            )
+    if args.plot:
+        _plot_alignment(runs, args.plot, sizes)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def _plot_alignment(runs: dict, path: str, sizes: list[int]) -> None:
+    """Lillicrap et al.'s figure: the angles start near 90 degrees and fall."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, field, title in ((axes[0], 0, "update vs gradient"), (axes[1], 1, "B vs w^{l+1}")):
+        for rule, angles in runs.items():
+            per_layer = np.array([np.asarray(a[field]) for a in angles])
+            for l in range(len(sizes) - 2):
+                ax.plot(per_layer[:, l], label=f"{rule}, hidden layer {l + 1}")
+        ax.axhline(90, color="gray", lw=0.5)
+        ax.set(title=title, xlabel="epoch", ylabel="degrees")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"alignment with backprop, {sizes}")
+    _save_figure(fig, path)
 
 
 def _plot_layer_norms(runs: dict, path: str, sizes: list[int]) -> None:
@@ -771,6 +867,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="diag_ggn: decay of the curvature's running average, in [0, 1)",
     )
     fit.add_argument(
+        "--rule",
+        choices=["bp", "fa", "dfa", "sign", "kp"],
+        default="bp",
+        help="the backward pass: backprop, feedback alignment, direct feedback alignment, "
+        "sign symmetry or Kolen-Pollack (records the alignment angles per epoch)",
+    )
+    fit.add_argument(
+        "--weight-decay",
+        type=_non_negative,
+        default=0.0,
+        help="with --rule: w <- (1 - eta wd) w - eta dw (and B for kp, which needs it > 0)",
+    )
+    fit.add_argument(
         "--track",
         choices=["noise-scale"],
         action="append",
@@ -803,6 +912,14 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--probe", type=_count, default=1000, help="examples the norms use")
     diag.add_argument("--seed", type=_seed, default=0)
     diag.add_argument("--plot", default=None, help="write a figure of the norms (.png, .pdf, ...)")
+    diag.add_argument(
+        "--alignment",
+        action="store_true",
+        help="instead: the alignment angles of fa and kp across epochs (Lillicrap et al.)",
+    )
+    diag.add_argument(
+        "--weight-decay", type=_non_negative, default=1e-3, help="--alignment: kp's decay"
+    )
     diag.add_argument("--no-progress", action="store_true")
     diag.set_defaults(run=diagnose, eval_on="test")
     return parser

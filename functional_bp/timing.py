@@ -6,6 +6,7 @@ measured in the same run, each contender's calls interleaved with the others'.
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -25,14 +26,20 @@ def interleaved_medians(
     Each call's result is passed to `jax.block_until_ready`, so asynchronous dispatch
     is not mistaken for speed. ``warmup`` rounds (compilation included) are discarded.
     With ``min_time`` > 0, each timed sample repeats a call until that many seconds
-    have passed and divides, for calls too short to time one at a time.
+    have passed and divides, for calls too short to time one at a time. The order of
+    the contenders is shuffled every round (seeded), so that none always runs right
+    after the same neighbour (a large one leaves the caches cold for whoever follows).
     """
+    order = random.Random(0)
     for _ in range(warmup):
         for fn in contenders.values():
             jax.block_until_ready(fn())
     samples: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
     for _ in range(repeats):
-        for name, fn in contenders.items():
+        order.shuffle(names)
+        for name in names:
+            fn = contenders[name]
             calls, start = 0, time.perf_counter()
             while True:
                 jax.block_until_ready(fn())

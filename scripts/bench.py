@@ -263,6 +263,48 @@ def case_many_runs(quick, gemm_gflops):
     return dict(sizes=sizes, batch=batch, examples=n, rows=rows)
 
 
+def case_feedback(quick):
+    """A step of each feedback rule against a bp step (`sgd_step`), and `alignment_angles`
+    against one `grad`, interleaved per network."""
+    cases = (
+        [([784, 100, 10], 64)] if quick else [([784, 1000, 10], 64), ([784, 1024, 1024, 10], 256)]
+    )
+    rows = []
+    for sizes, batch in cases:
+        params, xs, ys = problem(sizes, batch)
+        feedback = {r: fbp.init_feedback(jax.random.key(5), params, r) for r in ("fa", "dfa")}
+        feedback["sign"] = None
+        contenders = {
+            "bp step (sgd_step)": lambda: fbp.sgd_step(params, xs, ys, 0.1),
+            "grad": lambda: fbp.grad(params, xs, ys),
+            "alignment_angles (fa)": lambda: fbp.alignment_angles(
+                params, feedback["fa"], xs, ys, rule="fa"
+            ),
+        }
+        for rule in ("fa", "sign", "dfa"):
+            contenders[f"{rule} step"] = lambda r=rule: fbp.feedback_step(
+                params, feedback[r], xs, ys, 0.1, rule=r
+            )
+        t = interleaved_medians(contenders, repeats=3 if quick else 15, warmup=2)
+        row = dict(
+            sizes=sizes,
+            batch=batch,
+            seconds=t,
+            step_ratios={
+                r: t[f"{r} step"] / t["bp step (sgd_step)"] for r in ("fa", "sign", "dfa")
+            },
+            alignment_over_grad=t["alignment_angles (fa)"] / t["grad"],
+        )
+        rows.append(row)
+        print(
+            f"feedback {sizes} batch {batch}: step / bp step "
+            + ", ".join(f"{r} {v:.3f}" for r, v in row["step_ratios"].items())
+            + f"; alignment_angles / grad {row['alignment_over_grad']:.2f}",
+            flush=True,
+        )
+    return rows
+
+
 def _memory_mb(jitted, *args):
     """Temporary plus output bytes of the compiled program (XLA's memory analysis)."""
     stats = jitted.lower(*args).compile().memory_analysis()
@@ -576,6 +618,20 @@ def markdown(result):
         lines.append(
             f"| {r['name']} | {r['seconds']:.3f} | {r['throughput']:.2f} | {r['over_floor']:.1f} |"
         )
+    lines += [
+        "",
+        "Feedback rules: a step of each rule against a backprop step (`sgd_step`), and "
+        "`alignment_angles` against one `grad`:",
+        "",
+        "| sizes | batch | fa / bp | sign / bp | dfa / bp | alignment_angles / grad |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in result["feedback"]:
+        q = r["step_ratios"]
+        lines.append(
+            f"| {r['sizes']} | {r['batch']} | {q['fa']:.3f} | {q['sign']:.3f} | "
+            f"{q['dfa']:.3f} | {r['alignment_over_grad']:.2f} |"
+        )
     st = result["statistics"]
     lines += [
         "",
@@ -646,6 +702,7 @@ def main(argv=None):
         per_example_norms=case_per_example_norms(args.quick),
         statistics=case_statistics(args.quick),
         many_runs=case_many_runs(args.quick, gemm),
+        feedback=case_feedback(args.quick),
     )
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     out.with_suffix(".md").write_text(markdown(result))

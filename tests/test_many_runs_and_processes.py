@@ -168,4 +168,7 @@ def test_cli_cluster_options_checked(argv, message, capsys):
 def test_cli_several_runs_refuse_what_they_cannot_do(capsys):
     argv = ["train", "--seeds", "0-1", "--optimizer", "adam", "--no-progress"]
     assert main(argv) == 2
-    assert "several --seeds or --eta values train with --optimizer sgd" in capsys.readouterr().err
+    assert (
+        "several --seeds or --eta values train with --optimizer sgd and --rule bp"
+        in capsys.readouterr().err
+    )
