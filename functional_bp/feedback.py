@@ -32,7 +32,13 @@ from functional_bp._options import (
     prepare,
     with_options_doc,
 )
-from functional_bp._validation import check_key, check_values, non_negative, positive
+from functional_bp._validation import (
+    check_key,
+    check_number,
+    check_values,
+    non_negative,
+    positive,
+)
 from functional_bp.backward import (
     backward_pass,
     hidden_error,
@@ -82,22 +88,28 @@ def _check_feedback(params: Params, feedback, rule: str) -> None:
             )
 
 
-def init_feedback(key: Array, params: Params, rule: str) -> Optional[list[Array]]:
+def init_feedback(
+    key: Array, params: Params, rule: str, *, scale: Optional[float] = None
+) -> Optional[list[Array]]:
     """The fixed random feedback matrices of a rule, hidden layer 1 first; None for "sign".
 
     For "fa" and "kp" entry l-1 has the shape of w^{l+1}, (n_{l+1}, n_l), and replaces it
-    in eq 96; for "dfa" it has shape (n_L, n_l). Entries are drawn N(0, 1/n_l): the
-    scale of network2.py's initialisation for a layer of that shape (fan-in n_l), the
-    normal counterpart of the uniform draws scaled by fan-in of the papers.
+    in eq 96; for "dfa" it has shape (n_L, n_l). Entries are drawn N(0, scale^2), by
+    default scale = 1/sqrt(n_l): the scale of network2.py's initialisation for a layer of
+    that fan-in. The size of B sets how fast the hidden layers learn under fa and dfa
+    (their updates are proportional to it), so it is a hyperparameter like eta:
+    Lillicrap et al. draw from a fixed uniform interval instead.
     """
     check_key(key)
+    check_number(scale, "scale", minimum=0, inclusive=False, optional=True)
     shapes = feedback_shapes(params, rule)
     if rule == "sign":
         return None
     dtype = jnp.result_type(params[0].w)
     keys = jax.random.split(key, len(shapes))
     return [
-        jax.random.normal(k, shape, dtype) / jnp.sqrt(jnp.asarray(shape[1], dtype))
+        jax.random.normal(k, shape, dtype)
+        * (1 / jnp.sqrt(jnp.asarray(shape[1], dtype)) if scale is None else scale)
         for k, shape in zip(keys, shapes)
     ]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -27,14 +28,16 @@ import numpy as np
 import functional_bp as fbp
 
 
-def train_rule(rule, sizes, data, *, seeds, epochs, eta, batch_size, weight_decay, options):
+def train_rule(
+    rule, sizes, data, *, seeds, epochs, eta, batch_size, weight_decay, options, scale=None
+):
     """Every seed of one rule in one program; test error and alignment per epoch."""
     xs, ys, test_xs, test_labels, probe = data
     keys = jnp.stack([jax.random.key(seed) for seed in seeds])
     params = fbp.init_mlp_many(keys, sizes, init="scaled_normal")  # the same for every rule
     feedback = None
     if rule not in ("bp", "sign"):
-        feedback = jax.vmap(lambda k, p: fbp.init_feedback(k, p, rule))(
+        feedback = jax.vmap(lambda k, p: fbp.init_feedback(k, p, rule, scale=scale))(
             jnp.stack([jax.random.key(10**6 + s) for s in seeds]), params
         )
     shuffle_keys = jnp.stack([jax.random.key(2 * 10**6 + s) for s in seeds])
@@ -69,6 +72,14 @@ def train_rule(rule, sizes, data, *, seeds, epochs, eta, batch_size, weight_deca
         return errors, angles
 
     history = []
+    errors, angles = measure(params, feedback)  # epoch 0: before training
+    row0 = dict(epoch=0, seconds=0.0, test_error=np.asarray(errors).tolist())
+    if angles is not None:
+        row0.update(
+            update_angles=np.asarray(angles.update).tolist(),
+            feedback_angles=np.asarray(angles.feedback).tolist(),
+        )
+    history.append(row0)
     for e in range(1, epochs + 1):
         start = time.perf_counter()
         shuffle_keys, epoch_keys = jnp.moveaxis(jax.vmap(jax.random.split)(shuffle_keys), 1, 0)
@@ -144,7 +155,13 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--eta", type=float, default=0.5)
+    parser.add_argument("--eta", type=float, default=0.5, help="[784, 1000, 10]")
+    parser.add_argument("--deep-eta", type=float, default=0.05, help="[784, 800, 800, 10]")
+    parser.add_argument("--parts", default="shallow,deep", help="shallow, deep or both")
+    parser.add_argument("--rules", default="bp,fa,sign,kp,dfa", help="[784, 1000, 10] rules")
+    parser.add_argument(
+        "--feedback-scale", type=float, default=None, help="std of B (default 1/sqrt(n_l))"
+    )
     parser.add_argument("--batch-size", type=int, default=10)
     parser.add_argument("--kp-weight-decay", type=float, default=1e-4)
     parser.add_argument("--out", default="results/feedback_alignment")
@@ -153,30 +170,53 @@ def main(argv=None) -> int:
     xs, ys = jnp.asarray(train.x), jnp.asarray(fbp.one_hot(train.y))
     data = (xs, ys, jnp.asarray(test.x), jnp.asarray(test.y), (xs[:1000], ys[:1000]))
     seeds = range(args.seeds)
-    common = dict(seeds=seeds, epochs=args.epochs, eta=args.eta, batch_size=args.batch_size)
+    common = dict(seeds=seeds, epochs=args.epochs, batch_size=args.batch_size)
+    parts = args.parts.split(",")
     results = []
     shallow = dict(activation="sigmoid", output_activation="sigmoid", cost="cross_entropy")
-    for rule in ("bp", "fa", "sign", "kp", "dfa"):
+    for rule in args.rules.split(",") if "shallow" in parts else ():
         decay = args.kp_weight_decay if rule == "kp" else 0.0
         results.append(
-            train_rule(rule, [784, 1000, 10], data, weight_decay=decay, options=shallow, **common)
+            train_rule(
+                rule,
+                [784, 1000, 10],
+                data,
+                weight_decay=decay,
+                options=shallow,
+                eta=args.eta,
+                **common,
+            )
         )
     deep = dict(activation="tanh", output_activation="sigmoid", cost="cross_entropy")
-    for rule in ("bp", "dfa"):
+    for rule in ("bp", "dfa") if "deep" in parts else ():
         results.append(
-            train_rule(rule, [784, 800, 800, 10], data, weight_decay=0.0, options=deep, **common)
+            train_rule(
+                rule,
+                [784, 800, 800, 10],
+                data,
+                weight_decay=0.0,
+                options=deep,
+                eta=args.deep_eta,
+                **common,
+            )
         )
     lines = [
-        f"MNIST, {args.epochs} epochs, batch {args.batch_size}, eta {args.eta}, "
+        f"MNIST, {args.epochs} epochs, batch {args.batch_size}, eta {args.eta} "
+        f"([784, 1000, 10]) and {args.deep_eta} ([784, 800, 800, 10]), "
         f"{args.seeds} seeds per rule from the same initial weights (network2.py's "
         f"1/sqrt(n_in) init), cross-entropy, no dropout; kp with weight decay "
-        f"{args.kp_weight_decay}. Command: `python scripts/feedback_alignment.py`.",
+        f"{args.kp_weight_decay}; B ~ N(0, "
+        + ("1/n_l" if args.feedback_scale is None else f"{args.feedback_scale}^2")
+        + "). Command: `python scripts/feedback_alignment.py "
+        + " ".join(sys.argv[1:] if argv is None else argv)
+        + "`.",
         "",
-        "| network | rule | final test error, mean (%) | best seed (%) | lowest over epochs (%) | s per epoch, all seeds |",
+        "| network | rule | final test error, mean (%) | best seed (%) | lowest over epochs (%) "
+        "| s per epoch, all seeds |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
-        seconds = np.median([row["seconds"] for row in r["history"][1:]] or [0])
+        seconds = np.median([row["seconds"] for row in r["history"][2:]] or [0])  # after compiling
         lines.append(
             f"| {r['sizes']} | {r['rule']} | {100 * r['final_mean']:.2f} | "
             f"{100 * r['final_best']:.2f} | {100 * r['best_epoch_error']:.2f} | {seconds:.1f} |"

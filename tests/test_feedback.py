@@ -291,3 +291,12 @@ def test_cli_trains_a_rule_and_saves_its_feedback(tmp_path, capsys):
     assert rows[-1]["feedback_angles"][0] < rows[0]["feedback_angles"][0]  # B turns towards w
     assert main(["train", "--rule", "fa", "--optimizer", "adam"]) == 2
     assert "--rule fa trains with plain SGD" in capsys.readouterr().err
+
+
+def test_diagnose_alignment_plots_the_angles(tmp_path, capsys):
+    plot = tmp_path / "alignment.svg"
+    argv = ["diagnose", "--alignment", "--hidden", "20", "--epochs", "2", "--eta", "0.5"]
+    assert main(argv + ["--probe", "200", "--no-progress", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "fa [64, 20, 10] epoch   2: update vs gradient" in out and "kp [64, 20, 10]" in out
+    assert plot.read_bytes().startswith(b"<?xml")
