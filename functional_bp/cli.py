@@ -254,7 +254,9 @@ def _train_one(args: argparse.Namespace) -> dict:
     track_set = d.xs[: args.track_examples], d.ys[: args.track_examples]
     feedback = None
     if args.rule != "bp":  # fixed random feedback from its own key: the same initial weights
-        feedback = fbp.init_feedback(jax.random.key(args.seed + 10**6), params, args.rule)
+        feedback = fbp.init_feedback(
+            jax.random.key(args.seed + 10**6), params, args.rule, scale=args.feedback_scale
+        )
 
     if args.optimizer == "sgd":
         opt_state = None
@@ -695,7 +697,9 @@ def _diagnose_alignment(args: argparse.Namespace) -> int:
     for rule in ("fa", "kp"):
         init_key, key = jax.random.split(jax.random.key(args.seed))
         params = fbp.init_mlp(init_key, sizes, init="scaled_normal")
-        feedback = fbp.init_feedback(jax.random.key(args.seed + 10**6), params, rule)
+        feedback = fbp.init_feedback(
+            jax.random.key(args.seed + 10**6), params, rule, scale=args.feedback_scale
+        )
         angles = [fbp.alignment_angles(params, feedback, *probe, rule=rule, **options)]
         for epoch in tqdm.trange(1, args.epochs + 1, desc=rule, disable=args.no_progress):
             key, epoch_key = jax.random.split(key)
@@ -874,6 +878,12 @@ def build_parser() -> argparse.ArgumentParser:
         "sign symmetry or Kolen-Pollack (records the alignment angles per epoch)",
     )
     fit.add_argument(
+        "--feedback-scale",
+        type=_positive,
+        default=None,
+        help="with --rule: the std of the random B (default 1/sqrt(n_l))",
+    )
+    fit.add_argument(
         "--weight-decay",
         type=_non_negative,
         default=0.0,
@@ -919,6 +929,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diag.add_argument(
         "--weight-decay", type=_non_negative, default=1e-3, help="--alignment: kp's decay"
+    )
+    diag.add_argument(
+        "--feedback-scale",
+        type=_positive,
+        default=None,
+        help="--alignment: the std of the random B (default 1/sqrt(n_l))",
     )
     diag.add_argument("--no-progress", action="store_true")
     diag.set_defaults(run=diagnose, eval_on="test")

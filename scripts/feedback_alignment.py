@@ -184,6 +184,7 @@ def main(argv=None) -> int:
                 weight_decay=decay,
                 options=shallow,
                 eta=args.eta,
+                scale=args.feedback_scale,
                 **common,
             )
         )
