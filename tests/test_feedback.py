@@ -179,6 +179,16 @@ def test_sign_is_fa_with_sign_of_w():
     )
 
 
+def test_feedback_scale():
+    params = fbp.init_mlp(jax.random.key(0), [50, 400, 10])
+    default = fbp.init_feedback(jax.random.key(1), params, "fa")[0]
+    scaled = fbp.init_feedback(jax.random.key(1), params, "fa", scale=0.3)[0]
+    assert abs(float(jnp.std(default)) * np.sqrt(400) - 1) < 0.05  # N(0, 1/n_l)
+    np.testing.assert_allclose(scaled, default * 0.3 * np.sqrt(400), rtol=1e-5)
+    with pytest.raises(ValueError, match="scale to be a finite number > 0"):
+        fbp.init_feedback(jax.random.key(1), params, "fa", scale=0.0)
+
+
 def test_kp_feedback_converges_to_the_weights():
     params, xs, ys = random_problem(960, batch=40, sizes=[6, 8, 3])
     feedback = fbp.init_feedback(jax.random.key(0), params, "kp")
@@ -273,6 +283,7 @@ def test_bad_feedback_input(call, error, message):
 def test_cli_trains_a_rule_and_saves_its_feedback(tmp_path, capsys):
     save, history = tmp_path / "p.npz", tmp_path / "h.json"
     argv = ["train", "--rule", "kp", "--weight-decay", "1e-3", "--epochs", "2", "--eta", "0.5"]
+    argv += ["--feedback-scale", "0.3"]
     argv += [
         "--init",
         "scaled_normal",
