@@ -16,6 +16,7 @@ from functional_bp.checkpoint import load_feedback, load_params, save_params
 from functional_bp.costs import COSTS, ClosedForm, Cost
 from functional_bp.curvature import (
     CurvatureTransformation,
+    DiagGGNState,
     KFACFactors,
     diag_ggn,
     diag_ggn_descent,
@@ -84,6 +85,7 @@ __all__ = [
     "Cost",
     "CurvatureTransformation",
     "Dataset",
+    "DiagGGNState",
     "GradCheck",
     "KFACFactors",
     "Layer",

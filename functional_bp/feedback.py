@@ -59,7 +59,7 @@ def _check_rule(rule) -> None:
         raise ValueError(f"Unknown rule {rule!r}; expected one of {list(RULES)}")
 
 
-def feedback_shapes(params: Params, rule: str) -> list[tuple[int, int]]:
+def _feedback_shapes(params: Params, rule: str) -> list[tuple[int, int]]:
     """The shape of each feedback matrix, hidden layer 1 first."""
     _check_rule(rule)
     n_out = np.shape(params[-1].w)[0]
@@ -72,7 +72,7 @@ def _check_feedback(params: Params, feedback, rule: str) -> None:
     """The count and shapes of the matrices, each named by its hidden layer."""
     if rule == "sign":
         return
-    expected = feedback_shapes(params, rule)
+    expected = _feedback_shapes(params, rule)
     if not isinstance(feedback, (list, tuple)) or len(feedback) != len(expected):
         count = len(feedback) if isinstance(feedback, (list, tuple)) else type(feedback).__name__
         raise ValueError(
@@ -102,7 +102,7 @@ def init_feedback(
     """
     check_key(key)
     check_number(scale, "scale", minimum=0, inclusive=False, optional=True)
-    shapes = feedback_shapes(params, rule)
+    shapes = _feedback_shapes(params, rule)
     if rule == "sign":
         return None
     dtype = jnp.result_type(params[0].w)
