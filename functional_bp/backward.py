@@ -114,6 +114,17 @@ def example_costs(opts: Options, cache: Cache, ys: Array) -> Array:
     return jax.vmap(functools.partial(example_cost, opts))(cache.zs[-1], cache.activations[-1], ys)
 
 
+def batch_hidden_error(
+    matrix: Array, delta_next: Array, cache: Cache, opts: Options, l: int, num_layers: int
+) -> Array:
+    """`hidden_error` (eq 96) at hidden layer l for every example: delta_next (batch, n)
+    sent back through ``matrix``, then ⊙ sigma'(z^l) of layer l's activation."""
+    one_example = functools.partial(
+        hidden_error, matrix, activation=layer_activation(opts, l, num_layers)
+    )
+    return jax.vmap(one_example)(delta_next, cache.zs[l - 1], cache.activations[l])
+
+
 def backward_pass(
     params: Params,
     cache: Cache,
@@ -131,10 +142,7 @@ def backward_pass(
     matrices = [layer.w for layer in params[1:]] if matrices is None else matrices
     deltas = [delta_L]
     for l in range(num_layers - 1, 0, -1):  # params[l] is layer l+1
-        one_example = functools.partial(
-            hidden_error, matrices[l - 1], activation=layer_activation(opts, l, num_layers)
-        )
-        deltas.insert(0, jax.vmap(one_example)(deltas[0], cache.zs[l - 1], cache.activations[l]))
+        deltas.insert(0, batch_hidden_error(matrices[l - 1], deltas[0], cache, opts, l, num_layers))
     return deltas
 
 

@@ -23,8 +23,7 @@ import functional_bp as fbp
 from functional_bp import data
 from functional_bp._files import atomic_write, check_writable
 from functional_bp._options import resolve
-from functional_bp.backward import mean_cost
-from functional_bp.forward import forward_pass
+from functional_bp.training import _count_correct, _summed_cost, l2_term
 
 try:
     import tqdm
@@ -279,10 +278,10 @@ def _train_one(args: argparse.Namespace) -> dict:
     epochs = tqdm.trange(
         1, args.epochs + 1, desc="training", unit="epoch", disable=args.no_progress, file=sys.stdout
     )
+    common = dict(batch_size=args.batch_size, **options)
     for epoch in epochs:
         key, epoch_key = jax.random.split(key)
         start = time.perf_counter()
-        common = dict(batch_size=args.batch_size, **options)
         if processes > 1:
             params = fbp.data_parallel_epoch(
                 mesh, epoch_key, params, host_xs, host_ys, eta, lmbda=args.lmbda, **common
@@ -356,13 +355,15 @@ def _train_one(args: argparse.Namespace) -> dict:
 
 
 @functools.partial(jax.jit, static_argnames=("opts",))
-def _metrics_many(params, xs, ys, labels, opts):
-    """Correct count and mean cost of every run: a run axis on every param leaf."""
-    cost = lambda p: mean_cost(p, xs, ys, opts)  # noqa: E731
-    correct = lambda p: jnp.sum(  # noqa: E731
-        jnp.argmax(forward_pass(p, xs, opts).activations[-1], axis=-1) == labels
-    )
-    return jax.vmap(correct)(params), jax.vmap(cost)(params)
+def _metrics_many(params, xs, ys, labels, lmbda, opts):
+    """`evaluate`'s count and `total_cost` of every run: a run axis on every param leaf."""
+    num_examples = xs.shape[0]
+
+    def one_run(p):
+        cost = _summed_cost(p, xs, ys, opts) / num_examples + l2_term(p, lmbda, num_examples)
+        return _count_correct(p, xs, labels, opts), cost
+
+    return jax.vmap(one_run)(params)
 
 
 def _train_many(args: argparse.Namespace) -> dict:
@@ -402,16 +403,15 @@ def _train_many(args: argparse.Namespace) -> dict:
         )
         jax.block_until_ready(params)
         seconds = time.perf_counter() - start
-        train = _metrics_many(params, d.xs, d.ys, d.labels, opts)
-        evals = _metrics_many(params, d.eval_xs, d.eval_ys, d.eval_labels, opts)
-        l2 = 0.5 * args.lmbda / d.xs.shape[0] * sum(jnp.sum(l.w**2, axis=(1, 2)) for l in params)
+        train = _metrics_many(params, d.xs, d.ys, d.labels, args.lmbda, opts)
+        evals = _metrics_many(params, d.eval_xs, d.eval_ys, d.eval_labels, args.lmbda, opts)
         for r, history in enumerate(histories):
             row = {
                 "epoch": epoch,
                 "train_seconds": seconds,
-                "train_cost": float(train[1][r] + l2[r]),
+                "train_cost": float(train[1][r]),
                 "train_accuracy": float(train[0][r]) / d.xs.shape[0],
-                "eval_cost": float(evals[1][r] + l2[r]),
+                "eval_cost": float(evals[1][r]),
                 "eval_accuracy": float(evals[0][r]) / d.eval_xs.shape[0],
             }
             history.append(row)
@@ -479,10 +479,14 @@ def _print_sweep(args, record: dict, eval_name: str) -> list[dict]:
     return summary
 
 
+def _write_json(path: str, record: dict) -> None:
+    text = json.dumps(_strict_json(record), indent=2, allow_nan=False)
+    atomic_write(path, lambda f: f.write(text.encode()), "--json")
+
+
 def _write_sweep(args, record: dict) -> None:
     if args.json:
-        text = json.dumps(_strict_json(record), indent=2, allow_nan=False)
-        atomic_write(args.json, lambda f: f.write(text.encode()), "--json")
+        _write_json(args.json, record)
         print(f"history of every run written to {args.json}")
     if args.plot:
         _plot_sweep(record, args.plot, title=f"{args.dataset} {args.sizes}")
@@ -492,10 +496,7 @@ def _write_sweep(args, record: dict) -> None:
 def _plot_sweep(record: dict, path: str, *, title: str) -> None:
     """Per eta: the mean test accuracy and cost across seeds, with a band from the worst
     to the best run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, (cost_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for eta in sorted({run["eta"] for run in record["runs"]}):
@@ -592,8 +593,7 @@ def _write_history(args, record: dict, history: list[dict], eval_name: str) -> N
     if jax.process_index() > 0:  # process 0 writes for all
         return
     if args.json:
-        text = json.dumps(_strict_json(record), indent=2, allow_nan=False)
-        atomic_write(args.json, lambda f: f.write(text.encode()), "--json")
+        _write_json(args.json, record)
         print(f"history written to {args.json}")
     if args.plot:
         plot_history(history, args.plot, title=f"{args.dataset} {args.sizes}", eval_name=eval_name)
@@ -606,10 +606,7 @@ MNIST_NOISE_SCALE = 900
 
 def plot_history(history: list[dict], path: str, *, title: str, eval_name: str) -> None:
     """A figure of training and evaluation cost and accuracy per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     epochs = [row["epoch"] for row in history]
     tracked = "noise_scale" in history[0]
@@ -634,10 +631,19 @@ def plot_history(history: list[dict], path: str, *, title: str, eval_name: str) 
     _save_figure(fig, path)
 
 
-def _save_figure(fig, path: str) -> None:
-    """Writes the figure atomically, in the format its suffix names, and closes it."""
+def _pyplot():
+    """matplotlib.pyplot drawing to files only (the Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_figure(fig, path: str) -> None:
+    """Writes the figure atomically, in the format its suffix names, and closes it."""
+    plt = _pyplot()
     fig.tight_layout()
     try:
         atomic_write(path, lambda f: fig.savefig(f, format=_figure_format(path), dpi=100), "--plot")
@@ -735,10 +741,7 @@ def _diagnose_alignment(args: argparse.Namespace) -> int:
 
 def _plot_alignment(runs: dict, path: str, sizes: list[int]) -> None:
     """Lillicrap et al.'s figure: the angles start near 90 degrees and fall."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, field, title in ((axes[0], 0, "update vs gradient"), (axes[1], 1, "B vs w^{l+1}")):
@@ -755,10 +758,7 @@ def _plot_alignment(runs: dict, path: str, sizes: list[int]) -> None:
 
 
 def _plot_layer_norms(runs: dict, path: str, sizes: list[int]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 4), sharey=True)
     for ax, (activation, history) in zip(np.atleast_1d(axes), runs.items()):

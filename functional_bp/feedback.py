@@ -41,11 +41,10 @@ from functional_bp._validation import (
 )
 from functional_bp.backward import (
     backward_pass,
-    hidden_error,
+    batch_hidden_error,
     output_errors,
     summed_gradients,
 )
-from functional_bp.forward import layer_activation
 from functional_bp.params import Layer, Params
 from functional_bp.training import scan_epoch, sgd_update
 
@@ -114,19 +113,21 @@ def init_feedback(
     ]
 
 
+def _matrices(params: Params, feedback, rule: str) -> list[Array]:
+    """What replaces w^{l+1} in eq 96 under "fa", "kp" or "sign", hidden layer 1 first."""
+    return [jnp.sign(layer.w) for layer in params[1:]] if rule == "sign" else list(feedback)
+
+
 def _errors(params: Params, feedback, cache, delta_L: Array, opts: Options, rule: str):
     """[delta^1, ..., delta^L] under a rule: eq 96 with the rule's matrices."""
-    if rule == "dfa":
+    if rule == "dfa":  # every hidden layer l gets delta^L through its own B^l
         num_layers = len(params)
-        deltas = []
-        for l, b in enumerate(feedback, start=1):  # hidden layer l, its z^l and a^l
-            one_example = functools.partial(
-                hidden_error, b, activation=layer_activation(opts, l, num_layers)
-            )
-            deltas.append(jax.vmap(one_example)(delta_L, cache.zs[l - 1], cache.activations[l]))
+        deltas = [
+            batch_hidden_error(b, delta_L, cache, opts, l, num_layers)
+            for l, b in enumerate(feedback, start=1)
+        ]
         return [*deltas, delta_L]
-    matrices = [jnp.sign(layer.w) for layer in params[1:]] if rule == "sign" else feedback
-    return backward_pass(params, cache, delta_L, opts, matrices=list(matrices))
+    return backward_pass(params, cache, delta_L, opts, matrices=_matrices(params, feedback, rule))
 
 
 def mean_feedback_grad(params, feedback, xs, ys, opts: Options, rule: str) -> list[Layer]:
@@ -225,7 +226,7 @@ def alignment_angles(
     if rule == "dfa":
         between = jnp.full((len(params) - 1,), jnp.nan, update.dtype)
     else:
-        matrices = [jnp.sign(l.w) for l in params[1:]] if rule == "sign" else feedback
+        matrices = _matrices(params, feedback, rule)
         between = jnp.stack([_angle(b, l.w) for b, l in zip(matrices, params[1:])])
     return Alignment(update, between.astype(update.dtype))
 

@@ -23,6 +23,7 @@ from functional_bp._options import (
 )
 from functional_bp.backward import Backprop, backprop_batch, layer_gradient, summed_gradients
 from functional_bp.params import Layer, Params
+from functional_bp.per_example import _norms
 
 Array = jax.Array
 
@@ -31,15 +32,6 @@ def _squares(result: Backprop) -> list[Layer]:
     """sum_i g_i^2 entry by entry: eq 99 squared is (delta_i^2)(a_i^2)^T, so the sum over
     the batch is one matrix product, (delta^2)^T (a^2); for b, sum_i delta_i^2."""
     return [layer_gradient(d**2, a**2) for d, a in zip(result.deltas, result.cache.activations)]
-
-
-def _squared_norms(result: Backprop) -> Array:
-    """||g_i||^2 of every example, shape (batch,): sum_l ||delta_i^l||^2 (||a_i^{l-1}||^2 + 1)
-    (the w and the b of each layer)."""
-    return sum(
-        jnp.sum(d**2, axis=-1) * (jnp.sum(a**2, axis=-1) + 1)
-        for d, a in zip(result.deltas, result.cache.activations)
-    )
 
 
 @functools.partial(jax.jit, static_argnames=STATIC)
@@ -177,7 +169,7 @@ def gradient_noise_scale(
         jnp.sum((g / n) ** 2)
         for g in jax.tree.leaves(summed_gradients(result.deltas, result.cache))
     )
-    squared = _squared_norms(result)
+    squared = _norms(result).total ** 2  # ||g_i||^2, from the error terms (per_example)
     trace = (jnp.sum(squared) - n * mean_sq) / (n - 1)
     grad_norm_sq = mean_sq - trace / n
     return NoiseScale(trace / grad_norm_sq, trace, grad_norm_sq)

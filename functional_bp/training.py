@@ -441,6 +441,11 @@ def accuracy(params: Params, xs: Array, labels: Array, **kwargs) -> float:
     return evaluate(params, xs, labels, **kwargs) / xs.shape[0]
 
 
+def l2_term(params: Params, lmbda, num_examples: int) -> Array:
+    """network2.py's L2 term of the cost, lmbda/(2n) sum_l ||w^l||^2 (biases excluded)."""
+    return 0.5 * lmbda / num_examples * sum(jnp.sum(layer.w**2) for layer in params)
+
+
 @with_options_doc
 def total_cost(
     params: Params,
@@ -466,5 +471,4 @@ def total_cost(
     check_number(lmbda, "lmbda", minimum=0)
     summed = _in_batches(lambda xb, yb: _summed_cost(params, xb, yb, opts), xs, ys, batch_size)
     num_examples = xs.shape[0]
-    l2 = 0.5 * lmbda / num_examples * sum(jnp.sum(layer.w**2) for layer in params)
-    return float(summed / num_examples + l2)
+    return float(summed / num_examples + l2_term(params, lmbda, num_examples))

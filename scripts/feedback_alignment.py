@@ -71,32 +71,27 @@ def train_rule(
         )
         return errors, angles
 
-    history = []
-    errors, angles = measure(params, feedback)  # epoch 0: before training
-    row0 = dict(epoch=0, seconds=0.0, test_error=np.asarray(errors).tolist())
-    if angles is not None:
-        row0.update(
-            update_angles=np.asarray(angles.update).tolist(),
-            feedback_angles=np.asarray(angles.feedback).tolist(),
-        )
-    history.append(row0)
+    def row(epoch, seconds):
+        errors, angles = measure(params, feedback)
+        entry = dict(epoch=epoch, seconds=seconds, test_error=np.asarray(errors).tolist())
+        if angles is not None:
+            entry.update(
+                update_angles=np.asarray(angles.update).tolist(),
+                feedback_angles=np.asarray(angles.feedback).tolist(),
+            )
+        return entry
+
+    history = [row(0, 0.0)]  # before training
     for e in range(1, epochs + 1):
         start = time.perf_counter()
         shuffle_keys, epoch_keys = jnp.moveaxis(jax.vmap(jax.random.split)(shuffle_keys), 1, 0)
         params, feedback = epoch(epoch_keys, params, feedback)
         jax.block_until_ready(params)
         seconds = time.perf_counter() - start
-        errors, angles = measure(params, feedback)
-        row = dict(epoch=e, seconds=seconds, test_error=np.asarray(errors).tolist())
-        if angles is not None:
-            row.update(
-                update_angles=np.asarray(angles.update).tolist(),
-                feedback_angles=np.asarray(angles.feedback).tolist(),
-            )
-        history.append(row)
+        history.append(row(e, seconds))
         print(
             f"{sizes} {rule} epoch {e}: test error "
-            + " ".join(f"{100 * x:.2f}" for x in row["test_error"])
+            + " ".join(f"{100 * x:.2f}" for x in history[-1]["test_error"])
             + f" % ({seconds:.1f} s for {len(seeds)} seeds)",
             flush=True,
         )
