@@ -18,6 +18,17 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
+__all__ = [
+    "ACTIVATIONS",
+    "IDENTITY",
+    "RELU",
+    "SIGMOID",
+    "SOFTMAX",
+    "TANH",
+    "Activation",
+    "get_activation",
+]
+
 
 class Activation(NamedTuple):
     """An activation sigma and its derivative, for one example.

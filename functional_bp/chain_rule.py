@@ -11,6 +11,8 @@ from functional_bp.activations import SIGMOID
 
 Array = jax.Array
 
+__all__ = ["chain_rule_gradients"]
+
 
 @jax.jit
 def _chain_rule_gradients(ws: Array, x: Array, y: Array) -> Array:

@@ -20,6 +20,17 @@ from functional_bp.activations import SIGMOID, SOFTMAX, Activation
 
 Array = jax.Array
 
+__all__ = [
+    "COSTS",
+    "CROSS_ENTROPY",
+    "LOG_LIKELIHOOD",
+    "QUADRATIC",
+    "SQUARED_ERROR",
+    "ClosedForm",
+    "Cost",
+    "get_cost",
+]
+
 
 class ClosedForm(NamedTuple):
     """C and delta^L written in z^L for one output activation.

@@ -17,84 +17,86 @@ with b_ik^l the column backpropagated to layer l: n_L backward passes, no Jacobi
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from functional_bp._options import (
-    STATIC,
-    ActivationArg,
-    CostArg,
-    Options,
-    prepare,
-    with_options_doc,
-)
+from functional_bp import core
 from functional_bp._validation import check_int, check_key, check_number
-from functional_bp.backward import backward_pass, layer_gradient, output_error
-from functional_bp.forward import Cache, forward_pass
+from functional_bp.equations import output_error
+from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
 
 Array = jax.Array
 
+__all__ = [
+    "CurvatureTransformation",
+    "DiagGGNState",
+    "KFACFactors",
+    "diag_ggn",
+    "diag_ggn_descent",
+    "diag_ggn_mc",
+    "kfac_factors",
+    "mean_diag_ggn",
+    "scale_by_diag_ggn",
+]
 
-def _hessian_factor(opts: Options, z_L: Array, a_L: Array, y: Array) -> tuple[Array, Array]:
+
+def _hessian_factor(net: Network, z_L: Array, a_L: Array, y: Array) -> tuple[Array, Array]:
     """For one example, H = V diag(lambda) V^T and the columns V turned into output
     errors, shape (n_L, n_L) (column k is row k). H is the Hessian of the cost in z^L
     where it has a closed form there, else in a^L (then each column goes through sigma')."""
-    form = opts.cost.closed_form(opts.output_activation)
+    form = net.cost.closed_form(net.output_activation)
     if form is not None:
         hessian = jax.hessian(form.fn)(z_L, y)
     else:
-        hessian = jax.hessian(opts.cost.fn)(a_L, y)
+        hessian = jax.hessian(net.cost.fn)(a_L, y)
     eigenvalues, vectors = jnp.linalg.eigh(hessian)
     columns = vectors.T
     if form is None:
-        backward = functools.partial(opts.output_activation.backward, z_L, a_L)
+        backward = functools.partial(net.output_activation.backward, z_L, a_L)
         columns = jax.vmap(backward)(columns)
     return eigenvalues, columns
 
 
-def _backpropagated(params: Params, cache: Cache, columns: Array, opts: Options) -> list[Array]:
+def _backpropagated(net: Network, params: Params, cache: core.Cache, columns: Array) -> list[Array]:
     """Eq 96 for each of K output errors per example: columns (batch, K, n_L) to
     [b^1, ..., b^L], each (batch, K, n_l)."""
     return jax.vmap(
-        lambda delta_L: backward_pass(params, cache, delta_L, opts), in_axes=1, out_axes=1
+        lambda delta_L: core.backward_pass(net, params, cache, delta_L), in_axes=1, out_axes=1
     )(columns)
 
 
-def _factor_columns(params: Params, xs: Array, ys: Array, opts: Options):
+def _factor_columns(net: Network, params: Params, xs: Array, ys: Array):
     """The forward cache, the weights lambda (batch, n_L) and the backpropagated columns."""
-    cache = forward_pass(params, xs, opts)
+    cache = core.forward_pass(net, params, xs)
     ys = ys.astype(cache.activations[-1].dtype)
-    factor = functools.partial(_hessian_factor, opts)
+    factor = functools.partial(_hessian_factor, net)
     weights, columns = jax.vmap(factor)(cache.zs[-1], cache.activations[-1], ys)
-    return cache, weights, _backpropagated(params, cache, columns, opts)
+    return cache, weights, _backpropagated(net, params, cache, columns)
 
 
-def _diagonal(cache: Cache, weights: Array, columns: list[Array], n: int) -> list[Layer]:
+def _diagonal(cache: core.Cache, weights: Array, columns: list[Array], n: int) -> list[Layer]:
     """(1/N) sum_i sum_k lambda_ik (b_ik^l)^2 ((a_i^{l-1})^2)^T per layer (b: without the
     a factor): eq 99 squared entry by entry, summed over the columns first."""
     return [
         jax.tree.map(
             lambda g: g / n,
-            layer_gradient(jnp.einsum("ik,ikn->in", weights, b**2), a**2),
+            core.Dense.gradient(jnp.einsum("ik,ikn->in", weights, b**2), a**2),
         )
         for b, a in zip(columns, cache.activations)
     ]
 
 
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
+@jit_with_net
 def diag_ggn(
     params: Params,
     xs: Array,
     ys: Array,
     *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    net: Network = Network(),
 ) -> list[Layer]:
     """The diagonal of the generalized Gauss-Newton matrix of the mean cost,
     (1/N) sum_i J_i^T H_i J_i, in the structure of params (BackPACK's DiagGGNExact).
@@ -109,34 +111,33 @@ def diag_ggn(
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
-      {options}
+      net: the `Network`.
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    return mean_diag_ggn(params, xs, ys, opts)
+    core.check(net, params, xs, ys)
+    return mean_diag_ggn(net, params, xs, ys)
 
 
-def mean_diag_ggn(params: Params, xs: Array, ys: Array, opts: Options) -> list[Layer]:
-    """The core of `diag_ggn`, for callers that have checked their input."""
-    cache, weights, columns = _factor_columns(params, xs, ys, opts)
+def mean_diag_ggn(net: Network, params: Params, xs: Array, ys: Array) -> list[Layer]:
+    """`diag_ggn` without the checks: for use inside a trace that has run `core.check`."""
+    cache, weights, columns = _factor_columns(net, params, xs, ys)
     return _diagonal(cache, weights, columns, xs.shape[0])
 
 
-def _sampler(opts: Options):
+def _sampler(net: Network):
     """``sample(key, z, a)``: a target drawn from the model's predictive distribution."""
-    form = opts.cost.closed_form(opts.output_activation)
+    form = net.cost.closed_form(net.output_activation)
     if form is not None and form.sample is not None:
         return lambda key, z, a: form.sample(key, z)
-    if form is None and opts.cost.sample is not None:
-        return lambda key, z, a: opts.cost.sample(key, a)
+    if form is None and net.cost.sample is not None:
+        return lambda key, z, a: net.cost.sample(key, a)
     raise ValueError(
-        f"diag_ggn_mc needs targets sampled from the model: cost {opts.cost.name!r} after "
-        f"output activation {opts.output_activation.name!r} has no sample function. Give "
+        f"diag_ggn_mc needs targets sampled from the model: cost {net.cost.name!r} after "
+        f"output activation {net.output_activation.name!r} has no sample function. Give "
         "your Cost (or its ClosedForm) one, or use diag_ggn"
     )
 
 
-@functools.partial(jax.jit, static_argnames=("samples",) + STATIC)
-@with_options_doc
+@functools.partial(jax.jit, static_argnames=("samples", "net"))
 def diag_ggn_mc(
     key: Array,
     params: Params,
@@ -144,9 +145,7 @@ def diag_ggn_mc(
     ys: Array,
     *,
     samples: int = 1,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    net: Network = Network(),
 ) -> list[Layer]:
     """An unbiased Monte-Carlo estimate of `diag_ggn` (BackPACK's DiagGGNMC).
 
@@ -165,22 +164,20 @@ def diag_ggn_mc(
       xs: shape (batch, n_in).
       ys: shape (batch, n_out); used for shapes and checks, the targets are sampled.
       samples: sampled targets per example.
-      {options}
+      net: the `Network`.
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    core.check(net, params, xs, ys)
     check_key(key)
     samples = check_int(samples, "samples")
-    sample = _sampler(opts)
-    cache = forward_pass(params, xs, opts)
+    sample = _sampler(net)
+    cache = core.forward_pass(net, params, xs)
     z_L, a_L = cache.zs[-1], cache.activations[-1]
     keys = jax.random.split(key, (xs.shape[0], samples))
     targets = jax.vmap(jax.vmap(sample, in_axes=(0, None, None)))(keys, z_L, a_L)
-    error = functools.partial(
-        output_error, output_activation=opts.output_activation, cost=opts.cost
-    )
+    error = functools.partial(output_error, net=net)
     columns = jax.vmap(jax.vmap(error, in_axes=(None, None, 0)))(z_L, a_L, targets)
     weights = jnp.full((xs.shape[0], samples), 1 / samples, z_L.dtype)
-    return _diagonal(cache, weights, _backpropagated(params, cache, columns, opts), xs.shape[0])
+    return _diagonal(cache, weights, _backpropagated(net, params, cache, columns), xs.shape[0])
 
 
 class KFACFactors(NamedTuple):
@@ -197,16 +194,13 @@ class KFACFactors(NamedTuple):
     G: Array
 
 
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
+@jit_with_net
 def kfac_factors(
     params: Params,
     xs: Array,
     ys: Array,
     *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    net: Network = Network(),
 ) -> list[KFACFactors]:
     """The Kronecker factors (A, G) of every layer's GGN block, KFLR (BackPACK's name):
     the exact factor of H (as for `diag_ggn`) backpropagated, not a sampled one.
@@ -220,13 +214,13 @@ def kfac_factors(
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
-      {options}
+      net: the `Network`.
 
     Returns:
       A list of `KFACFactors`, one per layer, layer 1 first.
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    cache, weights, columns = _factor_columns(params, xs, ys, opts)
+    core.check(net, params, xs, ys)
+    cache, weights, columns = _factor_columns(net, params, xs, ys)
     n = xs.shape[0]
     factors = []
     for b, a in zip(columns, cache.activations):
@@ -241,9 +235,12 @@ def kfac_factors(
 
 class CurvatureTransformation(optax.GradientTransformationExtraArgs):
     """An optax transformation whose ``update`` takes ``diag_ggn=`` (the diagonal GGN of
-    the mini-batch, structure of params): `optax_step` and `optax_epoch` compute it in
-    the same step and pass it. Wrap an `optax.chain` that contains `scale_by_diag_ggn` in
-    it to keep that: ``CurvatureTransformation(*optax.chain(...))``."""
+    the mini-batch, structure of params). It declares that input in ``extra_inputs``,
+    so `training.train_step` and `training.epoch` compute it in the same step and pass
+    it. Wrap an `optax.chain` that contains `scale_by_diag_ggn` in it to keep that:
+    ``CurvatureTransformation(*optax.chain(...))``."""
+
+    extra_inputs = (("diag_ggn", mean_diag_ggn),)
 
 
 class DiagGGNState(NamedTuple):
@@ -275,8 +272,8 @@ def scale_by_diag_ggn(damping: float = 0.1, decay: float = 0.9) -> CurvatureTran
     def update(updates, state, params=None, *, diag_ggn=None, **extra):
         if diag_ggn is None:
             raise ValueError(
-                "scale_by_diag_ggn needs diag_ggn=...: drive it with optax_step/optax_epoch, "
-                "or pass the mini-batch's diag_ggn to update yourself"
+                "scale_by_diag_ggn needs diag_ggn=...: drive it with training.train_step or "
+                "training.epoch, or pass the mini-batch's diag_ggn to update yourself"
             )
         count = state.count + 1
         curvature = jax.tree.map(
@@ -295,8 +292,9 @@ def diag_ggn_descent(
     learning_rate: float, damping: float = 0.1, decay: float = 0.9
 ) -> CurvatureTransformation:
     """theta <- theta - learning_rate * g / (diag GGN + damping): `scale_by_diag_ggn`
-    then `optax.scale(-learning_rate)`. Use it as any optax optimizer with `optax_step`
-    or `optax_epoch` (the CLI: ``train --optimizer diag_ggn --damping ...``)."""
+    then `optax.scale(-learning_rate)`. Use it as any optax optimizer with
+    `training.train_step` or `training.epoch` (the CLI: ``train --optimizer diag_ggn
+    --damping ...``)."""
     check_number(learning_rate, "learning_rate", minimum=0, inclusive=False)
     chained = optax.chain(scale_by_diag_ggn(damping, decay), optax.scale(-learning_rate))
     return CurvatureTransformation(*chained)

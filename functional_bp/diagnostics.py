@@ -1,23 +1,40 @@
-"""Vanishing gradients, as the chain rule predicts.
+"""How training is going: accuracy and cost (network.py's ``evaluate``, network2.py's
+``total_cost``), divergence, and the per-layer gradient sizes that show vanishing
+gradients.
 
 Eq 85 multiplies one sigma'(h) per layer on the way back, and sigma'(z) <= 1/4 for the
-sigmoid, so the early layers of a deep sigmoid network learn slowly. These are the
-per-layer figures that show it (the picture of the book's chapter 5).
+sigmoid, so the early layers of a deep sigmoid network learn slowly: `layer_gradient_norms`
+is the picture of the book's chapter 5.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from functional_bp._options import STATIC, ActivationArg, CostArg, prepare, with_options_doc
-from functional_bp.backward import mean_value_and_grad
+from functional_bp import core
+from functional_bp._validation import check_int, check_nonempty, check_number, check_params
+from functional_bp.network import Network
 from functional_bp.params import Params
 
 Array = jax.Array
+
+__all__ = [
+    "LayerNorms",
+    "TrainingDiverged",
+    "accuracy",
+    "check_divergence",
+    "correct",
+    "evaluate",
+    "l2_term",
+    "layer_gradient_norms",
+    "total_cost",
+]
 
 
 class LayerNorms(NamedTuple):
@@ -33,16 +50,9 @@ class LayerNorms(NamedTuple):
     weight_grad: Array
 
 
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
+@functools.partial(jax.jit, static_argnames="net")
 def layer_gradient_norms(
-    params: Params,
-    xs: Array,
-    ys: Array,
-    *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    params: Params, xs: Array, ys: Array, *, net: Network = Network()
 ) -> LayerNorms:
     """||delta^l|| and ||dC/dw^l|| for every layer, from the hand-written mean gradient.
 
@@ -50,11 +60,175 @@ def layer_gradient_norms(
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
-      {options}
+      net: the `Network`.
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    grads = mean_value_and_grad(params, xs, ys, opts)[1]
+    core.check(net, params, xs, ys)
+    grads = core.mean_value_and_grad(net, params, xs, ys)[1]
     return LayerNorms(
         jnp.stack([jnp.linalg.norm(g.b) for g in grads]),
         jnp.stack([jnp.linalg.norm(g.w) for g in grads]),
     )
+
+
+def _check_labels(labels, xs, num_classes: int) -> None:
+    """Labels are class indices, one per example, each in [0, num_classes)."""
+    shape, dtype = np.shape(labels), jnp.result_type(labels)
+    if len(shape) != 1 or shape[0] != np.shape(xs)[0] or not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(
+            f"Expected labels to be class indices, integers of shape ({np.shape(xs)[0]},) "
+            f"for xs of shape {np.shape(xs)}, got {dtype} of shape {shape} instead "
+            "(one-hot targets? pass their argmax)"
+        )
+    if isinstance(labels, jax.core.Tracer) or shape[0] == 0:
+        return
+    values = np.asarray(labels)
+    low, high = values.min(), values.max()
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"Expected labels in [0, {num_classes}) for an output layer of {num_classes} "
+            f"neurons, got values from {low} to {high} instead"
+        )
+
+
+@functools.partial(jax.jit, static_argnames="net")
+def correct(params: Params, xs: Array, labels: Array, *, net: Network = Network()) -> Array:
+    """How many examples have argmax(a^L) == label, as a jitted scalar (the metric
+    `evaluate` sums over batches; vmap it over runs with `training.many`).
+
+    Args:
+      params: a list of `Layer`.
+      xs: shape (batch, n_in).
+      labels: class indices, integers of shape (batch,).
+      net: the `Network` (its cost is not used).
+    """
+    core.check(net, params, xs, batched=True)
+    _check_labels(labels, xs, np.shape(params[-1].w)[0])
+    outputs = core.forward_pass(net, params, xs).activations[-1]
+    return jnp.sum(jnp.argmax(outputs, axis=-1) == labels)
+
+
+def _in_batches(fn: Callable[[Array, Array], Array], xs, ys, batch_size: int) -> Array:
+    """Sum of ``fn`` over consecutive batches (each a jitted call of at most two shapes)."""
+    batch_size = check_int(batch_size, "batch_size")
+    total = 0
+    for start in range(0, xs.shape[0], batch_size):
+        total = total + fn(xs[start : start + batch_size], ys[start : start + batch_size])
+    return total
+
+
+def evaluate(
+    params: Params,
+    xs: Array,
+    labels: Array,
+    *,
+    batch_size: int = 10_000,
+    net: Network = Network(),
+) -> int:
+    """network.py's ``evaluate``: how many examples have argmax(a^L) == label.
+
+    Args:
+      params: a list of `Layer`.
+      xs: shape (num_examples, n_in).
+      labels: class indices, integers of shape (num_examples,).
+      batch_size: examples per jitted call.
+      net: the `Network` (its cost is not used).
+    """
+    core.check(net, params, xs, batched=True)
+    _check_labels(labels, xs, np.shape(params[-1].w)[0])
+    count = _in_batches(lambda xb, lb: correct(params, xb, lb, net=net), xs, labels, batch_size)
+    return int(count)
+
+
+def accuracy(
+    params: Params, xs: Array, labels: Array, *, batch_size: int = 10_000, net: Network = Network()
+) -> float:
+    """The fraction of examples classified correctly (`evaluate` / number of examples)."""
+    check_nonempty(xs)
+    return evaluate(params, xs, labels, batch_size=batch_size, net=net) / xs.shape[0]
+
+
+def l2_term(params: Params, weight_decay) -> Array:
+    """network2.py's L2 term of the cost, lmbda/(2n) sum_l ||w^l||^2 = (wd/2) sum_l
+    ||w^l||^2 with wd = lmbda / n (biases excluded)."""
+    return 0.5 * weight_decay * sum(jnp.sum(layer.w**2) for layer in params)
+
+
+def total_cost(
+    params: Params,
+    xs: Array,
+    ys: Array,
+    *,
+    weight_decay: float = 0.0,
+    batch_size: int = 10_000,
+    net: Network = Network(),
+) -> float:
+    """network2.py's ``total_cost``: the mean cost plus the L2 term (wd/2) sum w^2.
+
+    Args:
+      params: a list of `Layer`.
+      xs, ys: shapes (num_examples, n_in) and (num_examples, n_out).
+      weight_decay: wd = lmbda / n, as for `functional_bp.sgd_step`.
+      batch_size: examples per jitted call.
+      net: the `Network`.
+    """
+    core.check(net, params, xs, ys)
+    check_number(weight_decay, "weight_decay", minimum=0)
+
+    def summed(xb, yb):
+        return _summed_cost(params, xb, yb, net=net)
+
+    mean = _in_batches(summed, xs, ys, batch_size) / xs.shape[0]
+    return float(mean + l2_term(params, weight_decay))
+
+
+@functools.partial(jax.jit, static_argnames="net")
+def _summed_cost(params, xs, ys, *, net):
+    return core.mean_cost(net, params, xs, ys) * xs.shape[0]
+
+
+class TrainingDiverged(FloatingPointError):
+    """Training produced a NaN or infinite cost or params, or params beyond ``max_abs``."""
+
+
+@jax.jit
+def _health(params: Params) -> tuple[Array, Array]:
+    leaves = jax.tree.leaves(params)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+    largest = jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in leaves]))
+    return finite, largest
+
+
+def check_divergence(
+    params: Params, cost: Optional[float] = None, *, epoch: Optional[int] = None, max_abs=1e6
+) -> None:
+    """Raises `TrainingDiverged` unless ``cost`` and every param are finite and no
+    |param| exceeds ``max_abs``; call it after each epoch (the CLI does).
+
+    A too-large learning rate shows as NaN, or, in a sigmoid network, as params that
+    grow to 1e28 while every neuron saturates and the cost stays finite: hence
+    ``max_abs``.
+
+    Example::
+
+        params = train_epoch(key, params, xs, ys, 3.0, batch_size=10)
+        check_divergence(params, total_cost(params, xs, ys), epoch=epoch)
+
+    Args:
+      params: a list of `Layer`.
+      cost: the cost after the epoch, or None to check the params alone.
+      epoch: named in the message.
+      max_abs: the largest magnitude a param may reach; None for no limit.
+    """
+    check_params(params)
+    finite, largest = _health(params)
+    finite, largest = bool(finite), float(largest)
+    where = "" if epoch is None else f" at epoch {epoch}"
+    cost_text = "" if cost is None else f"cost {float(cost):.6g}, "
+    if cost is not None and not np.isfinite(cost):
+        raise TrainingDiverged(f"training diverged{where} ({cost_text.rstrip(', ')})")
+    if not finite:
+        raise TrainingDiverged(f"training diverged{where} ({cost_text}params not finite)")
+    if max_abs is not None and largest > max_abs:
+        raise TrainingDiverged(
+            f"training diverged{where} ({cost_text}largest |param| {largest:.3g} > {max_abs:g})"
+        )

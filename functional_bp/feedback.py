@@ -17,6 +17,7 @@ delta^L is eqs 90-91 and the weight update eq 99, unchanged: each rule is `hidde
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple, Optional
 
@@ -24,31 +25,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from functional_bp._options import (
-    STATIC,
-    ActivationArg,
-    CostArg,
-    Options,
-    prepare,
-    with_options_doc,
-)
-from functional_bp._validation import (
-    check_key,
-    check_number,
-    check_values,
-    non_negative,
-    positive,
-)
-from functional_bp.backward import (
-    backward_pass,
-    batch_hidden_error,
-    output_errors,
-    summed_gradients,
-)
+from functional_bp import core
+from functional_bp._validation import check_key, check_number
+from functional_bp.network import Network
 from functional_bp.params import Layer, Params
-from functional_bp.training import scan_epoch, sgd_update
 
 Array = jax.Array
+
+__all__ = [
+    "RULES",
+    "Alignment",
+    "FeedbackParams",
+    "RuleGradient",
+    "alignment_angles",
+    "feedback_grad",
+    "init_feedback",
+]
 
 RULES = ("fa", "dfa", "sign", "kp")
 
@@ -118,33 +110,30 @@ def _matrices(params: Params, feedback, rule: str) -> list[Array]:
     return [jnp.sign(layer.w) for layer in params[1:]] if rule == "sign" else list(feedback)
 
 
-def _errors(params: Params, feedback, cache, delta_L: Array, opts: Options, rule: str):
+def _errors(net: Network, params: Params, feedback, cache, delta_L: Array, rule: str):
     """[delta^1, ..., delta^L] under a rule: eq 96 with the rule's matrices."""
     if rule == "dfa":  # every hidden layer l gets delta^L through its own B^l
-        num_layers = len(params)
         deltas = [
-            batch_hidden_error(b, delta_L, cache, opts, l, num_layers)
-            for l, b in enumerate(feedback, start=1)
+            core.hidden_errors(net, b, delta_L, cache, l) for l, b in enumerate(feedback, start=1)
         ]
         return [*deltas, delta_L]
-    return backward_pass(params, cache, delta_L, opts, matrices=_matrices(params, feedback, rule))
+    matrices = _matrices(params, feedback, rule)
+    return core.backward_pass(net, params, cache, delta_L, matrices=matrices)
 
 
-def mean_feedback_grad(params, feedback, xs, ys, opts: Options, rule: str) -> list[Layer]:
-    """The core of `feedback_grad`: the rule's mean update direction over the batch."""
-    cache, _, delta_L = output_errors(params, xs, ys, opts, scale=1.0 / xs.shape[0])
-    return summed_gradients(_errors(params, feedback, cache, delta_L, opts, rule), cache)
+def _mean_feedback_grad(net: Network, params, feedback, xs, ys, rule: str) -> list[Layer]:
+    """The rule's mean update direction over the batch."""
+    cache, _, delta_L = core.output_errors(net, params, xs, ys, scale=1.0 / xs.shape[0])
+    return core.summed_gradients(_errors(net, params, feedback, cache, delta_L, rule), cache)
 
 
-def _prepare(params, feedback, xs, ys, rule, activation, output_activation, cost):
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+def _check(net: Network, params, feedback, xs, ys, rule) -> None:
+    core.check(net, params, xs, ys)
     _check_rule(rule)
     _check_feedback(params, feedback, rule)
-    return opts
 
 
-@functools.partial(jax.jit, static_argnames=("rule",) + STATIC)
-@with_options_doc
+@functools.partial(jax.jit, static_argnames=("rule", "net"))
 def feedback_grad(
     params: Params,
     feedback: Optional[list[Array]],
@@ -152,9 +141,7 @@ def feedback_grad(
     ys: Array,
     *,
     rule: str,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    net: Network = Network(),
 ) -> list[Layer]:
     """A rule's mean update direction over the mini-batch, in the structure of params:
     delta^L from eqs 90-91, the rule's replacement for eq 96, eq 99 unchanged.
@@ -168,10 +155,10 @@ def feedback_grad(
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
       rule: "fa", "dfa", "sign" or "kp" (kp's direction is fa's).
-      {options}
+      net: the `Network`.
     """
-    opts = _prepare(params, feedback, xs, ys, rule, activation, output_activation, cost)
-    return mean_feedback_grad(params, feedback, xs, ys, opts, rule)
+    _check(net, params, feedback, xs, ys, rule)
+    return _mean_feedback_grad(net, params, feedback, xs, ys, rule)
 
 
 class Alignment(NamedTuple):
@@ -194,8 +181,7 @@ def _angle(a: Array, b: Array) -> Array:
     return jnp.degrees(jnp.arccos(jnp.clip(cosine, -1, 1)))
 
 
-@functools.partial(jax.jit, static_argnames=("rule",) + STATIC)
-@with_options_doc
+@functools.partial(jax.jit, static_argnames=("rule", "net"))
 def alignment_angles(
     params: Params,
     feedback: Optional[list[Array]],
@@ -203,9 +189,7 @@ def alignment_angles(
     ys: Array,
     *,
     rule: str,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    net: Network = Network(),
 ) -> Alignment:
     """How far a rule is from backprop: per layer the angle between its weight update
     and the true gradient, and between w^{l+1} and its replacement. One forward pass and
@@ -213,15 +197,15 @@ def alignment_angles(
 
     Args:
       params, feedback, xs, ys, rule: as for `feedback_grad`.
-      {options}
+      net: the `Network`.
 
     Returns:
       `Alignment`: ``update`` of shape (L,) and ``feedback`` of shape (L-1,), degrees.
     """
-    opts = _prepare(params, feedback, xs, ys, rule, activation, output_activation, cost)
-    cache, _, delta_L = output_errors(params, xs, ys, opts, scale=1.0 / xs.shape[0])
-    true = summed_gradients(backward_pass(params, cache, delta_L, opts), cache)
-    rule_grads = summed_gradients(_errors(params, feedback, cache, delta_L, opts, rule), cache)
+    _check(net, params, feedback, xs, ys, rule)
+    cache, _, delta_L = core.output_errors(net, params, xs, ys, scale=1.0 / xs.shape[0])
+    true = core.summed_gradients(core.backward_pass(net, params, cache, delta_L), cache)
+    rule_grads = core.summed_gradients(_errors(net, params, feedback, cache, delta_L, rule), cache)
     update = jnp.stack([_angle(r.w, t.w) for r, t in zip(rule_grads, true)])
     if rule == "dfa":
         between = jnp.full((len(params) - 1,), jnp.nan, update.dtype)
@@ -231,81 +215,62 @@ def alignment_angles(
     return Alignment(update, between.astype(update.dtype))
 
 
-def _feedback_step(params, feedback, xs, ys, eta, weight_decay, opts: Options, rule: str):
-    """w <- (1 - eta wd) w - eta Δw with the rule's Δw; for "kp" B^l gets w^{l+1}'s
-    update too, so B^l - w^{l+1} shrinks by (1 - eta wd) every step."""
-    grads = mean_feedback_grad(params, feedback, xs, ys, opts, rule)
-    new = sgd_update(params, grads, eta, weight_decay, 1)  # network2.py's rule, lmbda/n = wd
-    if rule == "kp":
-        decay = 1 - eta * weight_decay
-        feedback = [decay * b - eta * g.w for b, g in zip(feedback, grads[1:])]
-    return new, feedback
+class FeedbackParams(NamedTuple):
+    """What a learning rule trains: the network's params and the feedback matrices.
 
-
-@check_values(eta=positive, weight_decay=non_negative)
-@functools.partial(jax.jit, static_argnames=("rule",) + STATIC)
-@with_options_doc
-def feedback_step(
-    params: Params,
-    feedback: Optional[list[Array]],
-    xs: Array,
-    ys: Array,
-    eta: float,
-    *,
-    rule: str,
-    weight_decay: float = 0.0,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
-) -> tuple[list[Layer], Optional[list[Array]]]:
-    """One SGD step with a rule's update: ``(params, feedback)``, both new.
-
-    w^l <- (1 - eta wd) w^l - eta Δw^l, b^l <- b^l - eta Δb^l with Δ from `feedback_grad`;
-    for "kp" (Kolen-Pollack) also B^l <- (1 - eta wd) B^l - eta Δw^{l+1}, the same update
-    as w^{l+1}, so with ``weight_decay`` > 0 B^l converges to w^{l+1}. Other rules
-    return ``feedback`` unchanged.
-
-    Args:
-      params, feedback, xs, ys, rule: as for `feedback_grad`.
-      eta: the learning rate.
-      weight_decay: wd, on the weights (and on B for "kp"); 0 for none.
-      {options}
+    Attributes:
+      params: a list of `Layer`.
+      feedback: `init_feedback`'s matrices, hidden layer 1 first; None for "sign".
     """
-    opts = _prepare(params, feedback, xs, ys, rule, activation, output_activation, cost)
-    return _feedback_step(params, feedback, xs, ys, eta, weight_decay, opts, rule)
+
+    params: Params
+    feedback: Optional[list[Array]]
 
 
-@check_values(key=check_key, eta=positive, weight_decay=non_negative)
-@functools.partial(jax.jit, static_argnames=("rule", "batch_size") + STATIC)
-@with_options_doc
-def feedback_epoch(
-    key: Array,
-    params: Params,
-    feedback: Optional[list[Array]],
-    xs: Array,
-    ys: Array,
-    eta: float,
-    *,
-    rule: str,
-    batch_size: int,
-    weight_decay: float = 0.0,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
-) -> tuple[list[Layer], Optional[list[Array]]]:
-    """`train_epoch` with a rule's update (`feedback_step`): ``(params, feedback)``.
+@core.gradient_class
+class RuleGradient(core.Gradient):
+    """A learning rule as a training gradient, on `FeedbackParams`.
 
-    Args:
-      key: a `jax.random` key for the shuffle.
-      params, feedback, rule: as for `feedback_grad`.
-      xs, ys: the training set.
-      eta, weight_decay: as for `feedback_step`.
-      batch_size: examples per mini-batch, as for `train_epoch`.
-      {options}
+    The direction of the params is `feedback_grad`'s. The feedback matrices' direction
+    is zero for "fa" and "dfa" (B stays fixed) and, for "kp" (Kolen-Pollack), w^{l+1}'s
+    own direction plus ``weight_decay`` B^l: with `optax.sgd` B^l gets the same update
+    as w^{l+1} and decays, so with the same decay on the weights (`training.sgd(eta,
+    weight_decay)`) B^l - w^{l+1} shrinks by (1 - eta wd) every step.
+
+    Example::
+
+        state = FeedbackParams(params, init_feedback(key, params, "kp"))
+        optimizer = training.sgd(0.5, weight_decay=1e-4)
+        state, opt_state = training.epoch(key, optimizer, state, optimizer.init(state),
+            xs, ys, batch_size=10, gradient=RuleGradient("kp", weight_decay=1e-4))
+
+    Attributes:
+      rule: "fa", "dfa", "sign" or "kp" (static).
+      weight_decay: kp's decay of B (a leaf: traced).
     """
-    opts = _prepare(params, feedback, xs, ys, rule, activation, output_activation, cost)
 
-    def step(carry, xb, yb):
-        return _feedback_step(*carry, xb, yb, eta, weight_decay, opts, rule)
+    rule: str = dataclasses.field(metadata={"static": True})
+    weight_decay: float = 0.0
 
-    return scan_epoch(key, (params, feedback), xs, ys, step, batch_size=batch_size)
+    def __call__(self, key, net, state, xs, ys):
+        params, feedback = state
+        grads = _mean_feedback_grad(net, params, feedback, xs, ys, self.rule)
+        if feedback is None:
+            return FeedbackParams(grads, None)
+        if self.rule == "kp":
+            moves = [g.w + self.weight_decay * b for b, g in zip(feedback, grads[1:])]
+        else:
+            moves = [jnp.zeros_like(b) for b in feedback]
+        return FeedbackParams(grads, moves)
+
+    def check(self, net, state, xs, ys) -> None:
+        if not isinstance(state, FeedbackParams):
+            raise TypeError(
+                f"Expected params to be a feedback.FeedbackParams(params, feedback) for "
+                f"RuleGradient({self.rule!r}), got {type(state).__name__} instead"
+            )
+        _check(net, state.params, state.feedback, xs, ys, self.rule)
+
+    def check_values(self) -> None:
+        _check_rule(self.rule)
+        check_number(self.weight_decay, "weight_decay", minimum=0)

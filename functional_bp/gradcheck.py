@@ -11,12 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from functional_bp._options import ActivationArg, CostArg, Options, prepare, with_options_doc
+from functional_bp import core
 from functional_bp._validation import check_int, check_number
-from functional_bp.backward import mean_cost, mean_value_and_grad
+from functional_bp.network import Network
 from functional_bp.params import Layer, Params
 
 Array = jax.Array
+
+__all__ = ["GradCheck", "LeafCheck", "check_gradients", "tolerances"]
 
 # (manual vs jax.grad, manual vs finite differences) relative tolerances per dtype.
 _TOLERANCES = {np.dtype(np.float64): (1e-10, 1e-6), np.dtype(np.float32): (1e-4, 1e-2)}
@@ -94,13 +96,13 @@ class GradCheck:
         return "\n".join(lines)
 
 
-@functools.partial(jax.jit, static_argnames="opts")
-def _check(params, xs, ys, opts: Options, flat_indices, step):
+@functools.partial(jax.jit, static_argnames="net")
+def _check(net, params, xs, ys, flat_indices, step):
     """Manual grad, jax.grad, and central differences at ``flat_indices`` of the ravelled
     params, in one compiled program."""
 
     def loss_fn(p):
-        return mean_cost(p, xs, ys, opts)
+        return core.mean_cost(net, p, xs, ys)
 
     theta, unravel = ravel_pytree(params)
 
@@ -111,19 +113,16 @@ def _check(params, xs, ys, opts: Options, flat_indices, step):
         return (up - down) / (2 * h)
 
     fd = jax.lax.map(central_difference, flat_indices)
-    value, manual = mean_value_and_grad(params, xs, ys, opts)
+    value, manual = core.mean_value_and_grad(net, params, xs, ys)
     return manual, jax.grad(loss_fn)(params), fd, value
 
 
-@with_options_doc
 def check_gradients(
     params: Params,
     xs: Array,
     ys: Array,
     *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    net: Network = Network(),
     seed: int = 0,
     fd_entries: int = 16,
     fd_step: Optional[float] = None,
@@ -141,7 +140,7 @@ def check_gradients(
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
-      {options}
+      net: the `Network`.
       seed: picks the entries checked by finite differences.
       fd_entries: entries per leaf checked by finite differences.
       fd_step: the relative step h; defaults to eps ** (1/3) of the dtype.
@@ -149,7 +148,7 @@ def check_gradients(
     Returns:
       A `GradCheck`; ``str()`` of it is a table, ``.ok`` says whether every leaf passed.
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    core.check(net, params, xs, ys)
     fd_entries = check_int(fd_entries, "fd_entries")
     check_int(seed, "seed", minimum=0)
     check_number(fd_step, "fd_step", minimum=0, inclusive=False, optional=True)
@@ -171,7 +170,7 @@ def check_gradients(
     ]
     offsets = np.cumsum([0] + sizes)[:-1]
     flat_indices = np.concatenate([i + o for i, o in zip(indices, offsets)])
-    manual, autodiff, fd, loss_value = _check(params, xs, ys, opts, flat_indices, step)
+    manual, autodiff, fd, loss_value = _check(net, params, xs, ys, flat_indices, step)
     fd = np.split(np.asarray(fd), np.cumsum([len(i) for i in indices])[:-1])
     loss_value = float(loss_value)
     fd_noise = 10 * eps * max(abs(loss_value), 1.0) / step

@@ -1,88 +1,63 @@
-"""The public gradient functions, each one `prepare` and a call into the core of
-`functional_bp.backward`."""
+"""The book's functions: the forward pass, the cost, and its gradient by the hand-written
+backward pass; each one `core.check` and a call into the core."""
 
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import jax
 
-from functional_bp._options import STATIC, ActivationArg, CostArg, prepare, with_options_doc
-from functional_bp.backward import backprop_batch, mean_cost, mean_value_and_grad
+from functional_bp import core
+from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
 
 Array = jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
-def error_terms(
-    params: Params,
-    x: Array,
-    y: Array,
-    *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
-) -> list[Array]:
-    """The error terms delta^l = dC/dz^l of every layer, for one example.
-
-    delta^L = dC/da^L ⊙ sigma'(z^L) (chapter 10 eqs 90-91, `output_error`), then,
-    backwards, delta^l = (w^{l+1})^T delta^{l+1} ⊙ sigma'(z^l) (eq 96, `hidden_error`).
+@jit_with_net
+def forward(params: Params, x: Array, *, net: Network = Network()) -> tuple[Array, core.Cache]:
+    """The output a^L and the `Cache` of z^l and a^l that backprop needs (001 notes eqs
+    1-2: z^l = w^l a^{l-1} + b^l, a^l = sigma(z^l)).
 
     Args:
       params: a list of `Layer`.
-      x: one example, shape (n_in,).
-      y: its target, shape (n_out,).
-      {options}
+      x: one example of shape (n_in,) or a batch of shape (batch, n_in).
+      net: the `Network` (its cost is not used).
 
     Returns:
-      ``[delta^1, ..., delta^L]``, delta^l of shape (n_l,).
+      ``(a_L, cache)``; with a batch, every array has a leading batch axis.
+
+    Example:
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> forward(params, jnp.ones(3))[0].shape
+      (2,)
     """
-    opts = prepare(params, x, y, activation, output_activation, cost, batched=False)
-    return [delta[0] for delta in backprop_batch(params, x[None], y[None], opts).deltas]
+    core.check(net, params, x, batched=None)
+    if x.ndim == 1:
+        cache = jax.tree.map(lambda leaf: leaf[0], core.forward_pass(net, params, x[None]))
+    else:
+        cache = core.forward_pass(net, params, x)
+    return cache.activations[-1], cache
 
 
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
-def backprop(
-    params: Params,
-    x: Array,
-    y: Array,
-    *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
-) -> list[Layer]:
-    """The gradient of the cost of one example: network.py's ``backprop``.
-
-    dC/dw^l = delta^l (a^{l-1})^T (chapter 10 eq 99, 001 notes eq 6, `layer_gradient`)
-    and dC/db^l = delta^l (001 notes eq 7), with the delta^l of `error_terms`.
+@jit_with_net
+def loss(params: Params, xs: Array, ys: Array, *, net: Network = Network()) -> Array:
+    """The mean per-example cost of a mini-batch, (1/B) sum_i C(a_i^L, y_i): what
+    ``jax.grad`` differentiates when it is compared with `grad`.
 
     Args:
       params: a list of `Layer`.
-      x: one example, shape (n_in,).
-      y: its target, shape (n_out,).
-      {options}
-
-    Returns:
-      A list of `Layer(dC/dw, dC/db)`, the structure of ``params``.
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out).
+      net: the `Network`.
     """
-    opts = prepare(params, x, y, activation, output_activation, cost, batched=False)
-    return mean_value_and_grad(params, x[None], y[None], opts)[1]
+    core.check(net, params, xs, ys)
+    return core.mean_cost(net, params, xs, ys)
 
 
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
+@jit_with_net
 def value_and_grad(
-    params: Params,
-    xs: Array,
-    ys: Array,
-    *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    params: Params, xs: Array, ys: Array, *, net: Network = Network()
 ) -> tuple[Array, list[Layer]]:
     """``(loss, grad)`` of a mini-batch from one forward and one backward pass.
 
@@ -90,26 +65,17 @@ def value_and_grad(
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
-      {options}
+      net: the `Network`.
 
     Returns:
       The mean cost and the mean of the per-example gradients.
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    return mean_value_and_grad(params, xs, ys, opts)
+    core.check(net, params, xs, ys)
+    return core.mean_value_and_grad(net, params, xs, ys)
 
 
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
-def grad(
-    params: Params,
-    xs: Array,
-    ys: Array,
-    *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
-) -> list[Layer]:
+@jit_with_net
+def grad(params: Params, xs: Array, ys: Array, *, net: Network = Network()) -> list[Layer]:
     """The mean over the mini-batch of the per-example gradients of `backprop`.
 
     Error terms are computed for every example (eqs 90-91, then eq 96 as one matrix
@@ -121,34 +87,114 @@ def grad(
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
-      {options}
+      net: the `Network`.
 
     Returns:
       A list of `Layer`, the structure of ``params``.
+
+    Example:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> [g.w.shape for g in grad(params, xs, ys)]
+      [(4, 3), (2, 4)]
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    return mean_value_and_grad(params, xs, ys, opts)[1]
+    core.check(net, params, xs, ys)
+    return core.mean_value_and_grad(net, params, xs, ys)[1]
 
 
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
-def loss(
-    params: Params,
-    xs: Array,
-    ys: Array,
-    *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
-) -> Array:
-    """The mean per-example cost of a mini-batch: what ``jax.grad`` differentiates when
-    it is compared with `grad`.
+@jit_with_net
+def error_terms(params: Params, x: Array, y: Array, *, net: Network = Network()) -> list[Array]:
+    """The error terms delta^l = dC/dz^l of every layer, for one example.
+
+    delta^L = dC/da^L ⊙ sigma'(z^L) (chapter 10 eqs 90-91, `output_error`), then,
+    backwards, delta^l = (w^{l+1})^T delta^{l+1} ⊙ sigma'(z^l) (eq 96, `hidden_error`).
 
     Args:
       params: a list of `Layer`.
-      xs: shape (batch, n_in).
-      ys: shape (batch, n_out).
-      {options}
+      x: one example, shape (n_in,).
+      y: its target, shape (n_out,).
+      net: the `Network`.
+
+    Returns:
+      ``[delta^1, ..., delta^L]``, delta^l of shape (n_l,).
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    return mean_cost(params, xs, ys, opts)
+    core.check(net, params, x, y, batched=False)
+    return [delta[0] for delta in core.backprop_batch(net, params, x[None], y[None]).deltas]
+
+
+@jit_with_net
+def backprop(params: Params, x: Array, y: Array, *, net: Network = Network()) -> list[Layer]:
+    """The gradient of the cost of one example: network.py's ``backprop``.
+
+    dC/dw^l = delta^l (a^{l-1})^T (chapter 10 eq 99, 001 notes eq 6, `layer_gradient`)
+    and dC/db^l = delta^l (001 notes eq 7), with the delta^l of `error_terms`.
+
+    Args:
+      params: a list of `Layer`.
+      x: one example, shape (n_in,).
+      y: its target, shape (n_out,).
+      net: the `Network`.
+
+    Returns:
+      A list of `Layer(dC/dw, dC/db)`, the structure of ``params``.
+    """
+    core.check(net, params, x, y, batched=False)
+    return core.mean_value_and_grad(net, params, x[None], y[None])[1]
+
+
+# `mlp`: the network as a JAX function whose VJP is the hand-written backward pass.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _network(net: Network, params: Params, xs: Array) -> Array:
+    return core.forward_pass(net, params, xs).activations[-1]
+
+
+def _network_fwd(net, params, xs):
+    cache = core.forward_pass(net, params, xs)
+    return cache.activations[-1], (params, cache)
+
+
+def _network_bwd(net, residuals, cotangent):
+    """The hand-written backward pass for any cotangent g = dL/da^L of shape (batch, n_L)."""
+    params, cache = residuals
+    # Eq 91 with the caller's dL/da^L in place of dC/da^L, one example at a time.
+    delta_L = jax.vmap(net.output_activation.backward)(
+        cache.zs[-1], cache.activations[-1], cotangent
+    )
+    deltas = core.backward_pass(net, params, cache, delta_L)  # eq 96
+    grads = core.summed_gradients(deltas, cache)  # eqs 99 and 7, summed over the batch
+    return grads, core.Dense.transport(params[0].w, deltas[0])  # 001 notes eq 8: dL/dx
+
+
+_network.defvjp(_network_fwd, _network_bwd)
+
+
+@jit_with_net
+def mlp(params: Params, x: Array, *, net: Network = Network()) -> Array:
+    """The output a^L of the network (network.py's ``feedforward``), differentiated by the
+    hand-written backprop.
+
+    ``jax.grad``/``jax.vjp`` of any loss built on it (with respect to ``params`` and
+    ``x``) run the hand-written backward pass, registered with `jax.custom_vjp`: eq 91
+    with the caller's dL/da^L, eq 96, eqs 99 and 7, and eq 8 for dL/dx. Forward mode
+    (``jax.jvp``, ``jax.jacfwd``) is not defined for a custom VJP and raises JAX's
+    TypeError; use ``jax.jacrev``.
+
+    Args:
+      params: a list of `Layer`.
+      x: one example (n_in,) or a batch (batch, n_in).
+      net: the `Network` (its cost is not used).
+
+    Example:
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> g = jax.grad(lambda p: jnp.sum(mlp(p, jnp.ones(3)) ** 2))(params)
+      >>> g[0].w.shape
+      (2, 3)
+    """
+    core.check(net, params, x, batched=None)
+    # Cast outside the custom VJP, so that autodiff returns dL/dx in x's own dtype.
+    xs = x.astype(params[0].w.dtype)
+    if x.ndim == 1:
+        return _network(net, params, xs[None])[0]
+    return _network(net, params, xs)

@@ -9,34 +9,29 @@ runs on one CPU, several GPUs, a TPU slice, or several hosts after
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Optional
 
 import jax
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from functional_bp._options import (
-    STATIC,
-    ActivationArg,
-    CostArg,
-    Options,
-    prepare,
-    with_options_doc,
-)
+from functional_bp import core, training
 from functional_bp._validation import (
     check_int,
     check_key,
     check_values,
-    optional_count,
     optional_non_negative,
     positive,
 )
-from functional_bp.backward import mean_value_and_grad
+from functional_bp.network import Network
 from functional_bp.params import Layer, Params
-from functional_bp.training import check_l2, sgd_update
 
 Array = jax.Array
+
+__all__ = ["ShardedGradient", "data_mesh", "data_parallel_epoch", "data_parallel_grad"]
 
 
 def data_mesh(num_devices: Optional[int] = None, axis: str = "data") -> Mesh:
@@ -52,6 +47,8 @@ def data_mesh(num_devices: Optional[int] = None, axis: str = "data") -> Mesh:
 
 
 def _check_divisible(mesh: Mesh, axis: str, batch: int) -> None:
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"Expected mesh to be a jax.sharding.Mesh, got {type(mesh).__name__}")
     if axis not in mesh.shape:
         raise ValueError(f"Expected mesh to have an axis {axis!r}, it has {tuple(mesh.shape)}")
     if batch % mesh.shape[axis]:
@@ -61,25 +58,39 @@ def _check_divisible(mesh: Mesh, axis: str, batch: int) -> None:
         )
 
 
-def _sharded_mean_grad(mesh: Mesh, axis: str, params, xs, ys, opts: Options) -> list[Layer]:
-    """The core's mean gradient of each device's shard, averaged over ``axis`` with
-    `lax.pmean` (equal shards, so the mean over the whole mini-batch); replicated."""
-    _check_divisible(mesh, axis, xs.shape[0])
+@core.gradient_class
+class ShardedGradient(core.Gradient):
+    """Backprop's mean gradient with the mini-batch split over ``mesh``'s ``axis``: each
+    device computes the mean gradient of its shard, `lax.pmean` averages them (equal
+    shards, so the mean over the whole mini-batch); params and result replicated.
 
-    @functools.partial(
-        jax.shard_map,
-        mesh=mesh,
-        in_specs=(PartitionSpec(), PartitionSpec(axis), PartitionSpec(axis)),
-        out_specs=PartitionSpec(),
-    )
-    def sharded(params, xs, ys):
-        return jax.lax.pmean(mean_value_and_grad(params, xs, ys, opts)[1], axis)
+    Attributes:
+      mesh: a `jax.sharding.Mesh`, for example `data_mesh()` (static).
+      axis: the mesh axis the batch is split over (static).
+    """
 
-    return sharded(params, xs, ys)
+    mesh: Mesh = dataclasses.field(metadata={"static": True})
+    axis: str = dataclasses.field(default="data", metadata={"static": True})
+
+    def __call__(self, key, net, params, xs, ys):
+        @functools.partial(
+            jax.shard_map,
+            mesh=self.mesh,
+            in_specs=(PartitionSpec(), PartitionSpec(self.axis), PartitionSpec(self.axis)),
+            out_specs=PartitionSpec(),
+        )
+        def sharded(params, xs, ys):
+            grads = core.mean_value_and_grad(net, params, xs, ys)[1]
+            return jax.lax.pmean(grads, self.axis)
+
+        return sharded(params, xs, ys)
+
+    def check(self, net, params, xs, ys) -> None:
+        core.check(net, params, xs, ys)
+        _check_divisible(self.mesh, self.axis, xs.shape[0])
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "axis") + STATIC)
-@with_options_doc
+@functools.partial(jax.jit, static_argnames=("mesh", "axis", "net"))
 def data_parallel_grad(
     mesh: Mesh,
     params: Params,
@@ -87,9 +98,7 @@ def data_parallel_grad(
     ys: Array,
     *,
     axis: str = "data",
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    net: Network = Network(),
 ) -> list[Layer]:
     """`grad` with the mini-batch sharded over ``mesh``'s ``axis``; replicated result.
 
@@ -99,57 +108,26 @@ def data_parallel_grad(
       xs: shape (batch, n_in); batch must divide across the devices of ``axis``.
       ys: shape (batch, n_out).
       axis: the mesh axis the batch is split over.
-      {options}
+      net: the `Network`.
 
     Raises:
       ValueError: the batch does not divide across the devices of ``axis``.
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    return _sharded_mean_grad(mesh, axis, params, xs, ys, opts)
+    gradient = ShardedGradient(mesh, axis)
+    gradient.check(net, params, xs, ys)
+    return gradient(None, net, params, xs, ys)
 
 
-@check_values(eta=positive, lmbda=optional_non_negative, n=optional_count)
-@functools.partial(jax.jit, static_argnames=("mesh", "axis") + STATIC)
-@with_options_doc
-def data_parallel_sgd_step(
-    mesh: Mesh,
-    params: Params,
-    xs: Array,
-    ys: Array,
-    eta: float,
-    *,
-    axis: str = "data",
-    lmbda: Optional[float] = None,
-    n: Optional[int] = None,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
-) -> list[Layer]:
-    """`sgd_step` with the mini-batch sharded over ``mesh``; the same result as one device.
+@functools.partial(jax.jit, static_argnames=("optimizer", "net"))
+def _steps(optimizer, gradient, params, opt_state, xs_batches, ys_batches, *, net):
+    """`training.train_step` on each (batch, n_in) slice of the leading axis."""
 
-    Args:
-      mesh, params, xs, ys, axis: as for `data_parallel_grad`.
-      eta, lmbda, n: as for `sgd_step`.
-      {options}
+    def body(carry, batch):
+        return training.train_step(
+            None, optimizer, *carry, *batch, gradient=gradient, net=net
+        ), None
 
-    Raises:
-      ValueError: the batch does not divide across the devices of ``axis``.
-    """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    check_l2(lmbda, n)
-    grads = _sharded_mean_grad(mesh, axis, params, xs, ys, opts)
-    return sgd_update(params, grads, eta, lmbda, n)
-
-
-@functools.partial(jax.jit, static_argnames=("mesh", "axis", "opts"))
-def _sharded_steps(mesh, axis, params, xs_batches, ys_batches, eta, lmbda, n, opts):
-    """`sgd_step` on each (batch, n_in) slice of the leading axis, batches sharded."""
-
-    def body(params, batch):
-        grads = _sharded_mean_grad(mesh, axis, params, *batch, opts)
-        return sgd_update(params, grads, eta, lmbda, n), None
-
-    return jax.lax.scan(body, params, (xs_batches, ys_batches))[0]
+    return jax.lax.scan(body, (params, opt_state), (xs_batches, ys_batches))[0]
 
 
 def _global_batches(mesh, axis, data, indices):
@@ -160,48 +138,43 @@ def _global_batches(mesh, axis, data, indices):
     return jax.make_array_from_callback(shape, sharding, lambda index: data[indices[index[:2]]])
 
 
-@check_values(key=check_key, eta=positive, lmbda=optional_non_negative, n=optional_count)
-@with_options_doc
+@check_values(key=check_key, learning_rate=positive, weight_decay=optional_non_negative)
 def data_parallel_epoch(
-    mesh: Mesh,
     key: Array,
+    mesh: Mesh,
     params: Params,
     xs,
     ys,
-    eta: float,
+    learning_rate: float,
     *,
     batch_size: int,
     axis: str = "data",
-    lmbda: Optional[float] = None,
-    n: Optional[int] = None,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    weight_decay: Optional[float] = None,
+    net: Network = Network(),
 ) -> list[Layer]:
     """`train_epoch` with every mini-batch split over the devices of ``mesh``, which may
     span processes (``jax.distributed.initialize``): the same shuffle on every process
     from ``key``, each process gathering only its devices' part of each mini-batch, and
-    each step's gradient averaged across devices (`lax.pmean`): the result equals one
+    each step a `training.train_step` with `ShardedGradient`: the result equals one
     process's `train_epoch` on the whole data, up to the order of floating-point sums.
 
     Args:
-      mesh: a `jax.sharding.Mesh` over the devices of every process (`data_mesh()`).
       key: the shuffle's key, the same on every process.
+      mesh: a `jax.sharding.Mesh` over the devices of every process (`data_mesh()`).
       params: a list of `Layer`, the same on every process.
       xs, ys: the whole training set (NumPy arrays), the same on every process.
-      eta, lmbda, n: as for `train_epoch`; ``n`` defaults to the number of examples.
+      learning_rate, weight_decay: as for `train_epoch`.
       batch_size: the global mini-batch; it, and a last partial mini-batch, must divide
         across the devices of ``axis``.
       axis: the mesh axis the mini-batches are split over.
-      {options}
+      net: the `Network`.
 
     Returns:
       The params after the epoch, replicated over ``mesh``.
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    core.check(net, params, xs, ys)
     batch_size = check_int(batch_size, "batch_size")
     num_examples = xs.shape[0]
-    n = num_examples if n is None else n
     _check_divisible(mesh, axis, batch_size)
     _check_divisible(mesh, axis, num_examples % batch_size)
     xs, ys = np.asarray(xs), np.asarray(ys)
@@ -209,10 +182,18 @@ def data_parallel_epoch(
     num_full = num_examples // batch_size
     replicated = NamedSharding(mesh, PartitionSpec())
     params = jax.device_put(jax.tree.map(np.asarray, list(params)), replicated)
+    optimizer = _sgd(float(learning_rate), None if weight_decay is None else float(weight_decay))
+    opt_state = optimizer.init(params)
+    gradient = ShardedGradient(mesh, axis)
     pieces = [order[: num_full * batch_size].reshape(num_full, batch_size)]
     if num_examples % batch_size:  # network.py's last, smaller mini-batch
         pieces.append(order[num_full * batch_size :][None])
     for indices in pieces:
         xb, yb = (_global_batches(mesh, axis, data, indices) for data in (xs, ys))
-        params = _sharded_steps(mesh, axis, params, xb, yb, eta, lmbda, n, opts)
+        params, opt_state = _steps(optimizer, gradient, params, opt_state, xb, yb, net=net)
     return params
+
+
+@functools.lru_cache(maxsize=64)  # one optimizer, so one compilation, per setting
+def _sgd(learning_rate: float, weight_decay: Optional[float]) -> optax.GradientTransformation:
+    return training.sgd(learning_rate, weight_decay)

@@ -7,11 +7,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from functional_bp._validation import check_float_dtype, check_int, check_key
 
 Array = jax.Array
+
+__all__ = ["Layer", "Params", "init_mlp", "layer_sizes"]
 
 INITS = ("normal", "scaled_normal")
 
@@ -58,6 +59,11 @@ def init_mlp(
     if init not in INITS:
         raise ValueError(f"Unknown init {init!r}; expected one of {list(INITS)}")
     check_float_dtype(dtype, "dtype")
+    if jnp.dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            f"Expected a dtype JAX can hold: {jnp.dtype(dtype)} needs "
+            'jax.config.update("jax_enable_x64", True) first (without it JAX makes float32)'
+        )
     params = []
     for n_in, n_out, layer_key in zip(sizes[:-1], sizes[1:], jax.random.split(key, len(sizes) - 1)):
         w_key, b_key = jax.random.split(layer_key)
@@ -66,21 +72,6 @@ def init_mlp(
             w = w / jnp.sqrt(jnp.asarray(n_in, dtype))
         params.append(Layer(w, jax.random.normal(b_key, (n_out,), dtype)))
     return params
-
-
-def init_mlp_many(
-    keys: Array, sizes: Sequence[int], *, init: str = "normal", dtype=jnp.float32
-) -> list[Layer]:
-    """`init_mlp` for R runs at once: ``keys`` of shape (R,) (``jax.random.split(key, R)``),
-    params whose every leaf has a leading run axis, w of shape (R, n_out, n_in). Run r's
-    params are exactly ``init_mlp(keys[r], sizes)``."""
-    shape = np.shape(keys)
-    if len(shape) != 1:
-        raise TypeError(
-            f"Expected keys to be a 1-D array of jax.random keys, one per run "
-            f"(jax.random.split(key, R)), got shape {shape} instead"
-        )
-    return jax.vmap(lambda key: init_mlp(key, sizes, init=init, dtype=dtype))(keys)
 
 
 def layer_sizes(params: Params) -> list[int]:

@@ -4,23 +4,36 @@ A dense layer's per-example weight gradient is the outer product delta_i (a_i^{l
 (eq 99), so its Frobenius norm is ||delta_i|| ||a_i^{l-1}||, and the bias gradient's is
 ||delta_i||. Norms and clipping therefore cost O(batch * sum_l n_l) memory, never the
 O(batch * sum_l n_in n_out) of materialised per-example gradients.
+
+`ClippedGradient` and `PrivateGradient` are the same quantities as gradients for
+`functional_bp.training`: a DP-SGD step is ``training.train_step(key, optax.sgd(eta),
+params, state, xs, ys, gradient=PrivateGradient(clip_norm, noise_multiplier))``.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from functional_bp._options import STATIC, ActivationArg, CostArg, prepare, with_options_doc
-from functional_bp._validation import check_key, check_values, non_negative, positive
-from functional_bp.backward import Backprop, backprop_batch, layer_gradient, summed_gradients
+from functional_bp import core
+from functional_bp._validation import check_key, check_number, check_values, non_negative, positive
+from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
-from functional_bp.training import sgd_update
 
 Array = jax.Array
+
+__all__ = [
+    "ClippedGradient",
+    "PerExampleNorms",
+    "PrivateGradient",
+    "clipped_grad",
+    "norms_from_record",
+    "per_example_grad_norms",
+    "per_example_grads",
+    "private_grad",
+]
 
 
 class PerExampleNorms(NamedTuple):
@@ -36,31 +49,24 @@ class PerExampleNorms(NamedTuple):
     layers: list[Layer]
 
 
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
-def per_example_grads(
-    params: Params,
-    xs: Array,
-    ys: Array,
-    *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
-) -> list[Layer]:
+@jit_with_net
+def per_example_grads(params: Params, xs: Array, ys: Array, *, net: Network = Network()):
     """`backprop` of every example in a batch: eq 99 for each example, by `jax.vmap`.
 
     Args:
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
-      {options}
+      net: the `Network`.
 
     Returns:
       A list of `Layer`; every leaf has a leading batch axis: w is (batch, n_out, n_in).
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    cache, _, deltas = backprop_batch(params, xs, ys, opts)
-    return [jax.vmap(layer_gradient)(d, a) for d, a in zip(deltas, cache.activations)]
+    core.check(net, params, xs, ys)
+    record = core.backprop_batch(net, params, xs, ys)
+    return [
+        jax.vmap(core.Dense.gradient)(d, a) for d, a in zip(record.deltas, record.cache.activations)
+    ]
 
 
 def _norm(x: Array) -> Array:
@@ -72,27 +78,20 @@ def _norm(x: Array) -> Array:
     return safe[..., 0] * jnp.sqrt(jnp.sum((x / safe) ** 2, axis=-1))
 
 
-def _norms(result: Backprop) -> PerExampleNorms:
-    """||delta_i a_i^T||_F = ||delta_i|| ||a_i||, from the (batch, n_l) error terms; in
-    at least float32, as `_norm`."""
+def norms_from_record(record: core.Record) -> PerExampleNorms:
+    """||delta_i a_i^T||_F = ||delta_i|| ||a_i|| per layer (eq 99 is an outer product)
+    and ||delta_i|| for the bias (eq 7), from the core's record; in at least float32."""
     layers = []
-    for delta, a_prev in zip(result.deltas, result.cache.activations):
+    for delta, a_prev in zip(record.deltas, record.cache.activations):
         delta_norm = _norm(delta)
         layers.append(Layer(delta_norm * _norm(a_prev), delta_norm))
     total = _norm(jnp.stack([leaf for layer in layers for leaf in layer], axis=-1))
     return PerExampleNorms(total, layers)
 
 
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
+@jit_with_net
 def per_example_grad_norms(
-    params: Params,
-    xs: Array,
-    ys: Array,
-    *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    params: Params, xs: Array, ys: Array, *, net: Network = Network()
 ) -> PerExampleNorms:
     """The L2 norm of every example's gradient, from the error terms alone.
 
@@ -103,13 +102,13 @@ def per_example_grad_norms(
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
-      {options}
+      net: the `Network`.
 
     Returns:
       `PerExampleNorms`: ``total`` of shape (batch,) and per-layer ``layers``.
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    norms = _norms(backprop_batch(params, xs, ys, opts))
+    core.check(net, params, xs, ys)
+    norms = norms_from_record(core.backprop_batch(net, params, xs, ys))
     return jax.tree.map(lambda norm: norm.astype(xs.dtype), norms)
 
 
@@ -120,26 +119,28 @@ def clip_weights(total_norms: Array, clip_norm) -> Array:
     return jnp.minimum(1, clip_norm / safe)
 
 
-def clipped_mean(params: Params, xs: Array, ys: Array, clip_norm, opts) -> list[Layer]:
+def _clipped_mean(net, params, xs, ys, clip_norm) -> list[Layer]:
     """One weighted backward pass: sum_i w_i delta_i a_i^T with w_i = min(1, C/||g_i||)/B."""
-    result = backprop_batch(params, xs, ys, opts)
-    weights = clip_weights(_norms(result).total, clip_norm) / xs.shape[0]
-    weighted = [delta * weights[:, None].astype(delta.dtype) for delta in result.deltas]
-    return summed_gradients(weighted, result.cache)
+    record = core.backprop_batch(net, params, xs, ys)
+    weights = clip_weights(norms_from_record(record).total, clip_norm) / xs.shape[0]
+    weighted = [delta * weights[:, None].astype(delta.dtype) for delta in record.deltas]
+    return core.summed_gradients(weighted, record.cache)
+
+
+def _noisy_clipped_mean(key, net, params, xs, ys, clip_norm, noise_multiplier) -> list[Layer]:
+    """`_clipped_mean` plus N(0, (sigma C / B)^2) on every entry, drawn from ``key``."""
+    grads = _clipped_mean(net, params, xs, ys, clip_norm)
+    std = noise_multiplier * clip_norm / xs.shape[0]
+    leaves, treedef = jax.tree.flatten(grads)
+    keys = jax.random.split(key, len(leaves))
+    noisy = [g + std * jax.random.normal(k, g.shape, g.dtype) for g, k in zip(leaves, keys)]
+    return jax.tree.unflatten(treedef, noisy)
 
 
 @check_values(clip_norm=positive)
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
+@jit_with_net
 def clipped_grad(
-    params: Params,
-    xs: Array,
-    ys: Array,
-    clip_norm: float,
-    *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    params: Params, xs: Array, ys: Array, clip_norm: float, *, net: Network = Network()
 ) -> list[Layer]:
     """The mean of per-example gradients, each clipped to L2 norm at most ``clip_norm``.
 
@@ -151,26 +152,14 @@ def clipped_grad(
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
       clip_norm: C, the largest norm an example's gradient keeps.
-      {options}
+      net: the `Network`.
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    return clipped_mean(params, xs, ys, clip_norm, opts)
-
-
-def noisy_clipped_mean(key, params, xs, ys, clip_norm, noise_multiplier, opts) -> list[Layer]:
-    """`clipped_mean` plus N(0, (sigma C / B)^2) on every entry, drawn from ``key``."""
-    check_key(key)
-    grads = clipped_mean(params, xs, ys, clip_norm, opts)
-    std = noise_multiplier * clip_norm / xs.shape[0]
-    leaves, treedef = jax.tree.flatten(grads)
-    keys = jax.random.split(key, len(leaves))
-    noisy = [g + std * jax.random.normal(k, g.shape, g.dtype) for g, k in zip(leaves, keys)]
-    return jax.tree.unflatten(treedef, noisy)
+    core.check(net, params, xs, ys)
+    return _clipped_mean(net, params, xs, ys, clip_norm)
 
 
 @check_values(key=check_key, clip_norm=positive, noise_multiplier=non_negative)
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
+@jit_with_net
 def private_grad(
     key: Array,
     params: Params,
@@ -179,15 +168,13 @@ def private_grad(
     clip_norm: float,
     noise_multiplier: float,
     *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    net: Network = Network(),
 ) -> list[Layer]:
     """The DP-SGD gradient of Abadi et al. (2016): `clipped_grad` plus Gaussian noise.
 
     g = (1/B) [sum_i clip_C(g_i) + N(0, sigma^2 C^2 I)], i.e. the clipped mean plus noise
     of standard deviation sigma C / B on every entry, drawn from ``key``. Feed it to any
-    optax optimizer (``optimizer.update(g, state, params)``) or use `dp_sgd_step`.
+    optax optimizer, or train with `PrivateGradient`.
 
     Args:
       key: a `jax.random` key for the noise.
@@ -196,43 +183,42 @@ def private_grad(
       ys: shape (batch, n_out).
       clip_norm: C.
       noise_multiplier: sigma.
-      {options}
+      net: the `Network`.
 
     References:
       Abadi et al., "Deep Learning with Differential Privacy", CCS 2016, Algorithm 1.
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    return noisy_clipped_mean(key, params, xs, ys, clip_norm, noise_multiplier, opts)
+    core.check(net, params, xs, ys)
+    return _noisy_clipped_mean(key, net, params, xs, ys, clip_norm, noise_multiplier)
 
 
-@check_values(key=check_key, eta=positive, clip_norm=positive, noise_multiplier=non_negative)
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
-def dp_sgd_step(
-    key: Array,
-    params: Params,
-    xs: Array,
-    ys: Array,
-    eta: float,
-    clip_norm: float,
-    noise_multiplier: float,
-    *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
-) -> list[Layer]:
-    """One DP-SGD step: params - eta * `private_grad`.
+@core.gradient_class
+class ClippedGradient(core.Gradient):
+    """`clipped_grad` as a training gradient: the mean of per-example gradients clipped
+    to norm ``clip_norm`` (a leaf: traced, per run under `training.many`)."""
 
-    Args:
-      key: a `jax.random` key for the noise.
-      params: a list of `Layer`.
-      xs: shape (batch, n_in).
-      ys: shape (batch, n_out).
-      eta: the learning rate.
-      clip_norm: C.
-      noise_multiplier: sigma.
-      {options}
-    """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    grads = noisy_clipped_mean(key, params, xs, ys, clip_norm, noise_multiplier, opts)
-    return sgd_update(params, grads, eta)
+    clip_norm: float
+
+    def __call__(self, key, net, params, xs, ys):
+        return _clipped_mean(net, params, xs, ys, self.clip_norm)
+
+    def check_values(self) -> None:
+        check_number(self.clip_norm, "clip_norm", minimum=0, inclusive=False)
+
+
+@core.gradient_class
+class PrivateGradient(core.Gradient):
+    """`private_grad` as a training gradient (DP-SGD): clipped to ``clip_norm``, plus
+    noise of std ``noise_multiplier * clip_norm / batch`` drawn from the step's key."""
+
+    clip_norm: float
+    noise_multiplier: float
+
+    def __call__(self, key, net, params, xs, ys):
+        if key is None:
+            raise ValueError("PrivateGradient draws noise: give the step a jax.random key")
+        return _noisy_clipped_mean(key, net, params, xs, ys, self.clip_norm, self.noise_multiplier)
+
+    def check_values(self) -> None:
+        check_number(self.clip_norm, "clip_norm", minimum=0, inclusive=False)
+        check_number(self.noise_multiplier, "noise_multiplier", minimum=0)

@@ -8,42 +8,36 @@ built (BackPACK's BatchL2Grad, SumGradSquared, Variance and BatchDotGrad, in JAX
 
 from __future__ import annotations
 
-import functools
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from functional_bp._options import (
-    STATIC,
-    ActivationArg,
-    CostArg,
-    prepare,
-    with_options_doc,
-)
-from functional_bp.backward import Backprop, backprop_batch, layer_gradient, summed_gradients
+from functional_bp import core
+from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
-from functional_bp.per_example import _norms
+from functional_bp.per_example import norms_from_record
 
 Array = jax.Array
 
+__all__ = ["NoiseScale", "batch_dot", "grad_variance", "gradient_noise_scale", "sum_grad_squared"]
 
-def _squares(result: Backprop) -> list[Layer]:
+
+def _squares(result: core.Record) -> list[Layer]:
     """sum_i g_i^2 entry by entry: eq 99 squared is (delta_i^2)(a_i^2)^T, so the sum over
     the batch is one matrix product, (delta^2)^T (a^2); for b, sum_i delta_i^2."""
-    return [layer_gradient(d**2, a**2) for d, a in zip(result.deltas, result.cache.activations)]
+    return [
+        core.Dense.gradient(d**2, a**2) for d, a in zip(result.deltas, result.cache.activations)
+    ]
 
 
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
+@jit_with_net
 def sum_grad_squared(
     params: Params,
     xs: Array,
     ys: Array,
     *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    net: Network = Network(),
 ) -> list[Layer]:
     """sum_i g_i^2, elementwise, in the structure of params (BackPACK's SumGradSquared).
 
@@ -54,22 +48,19 @@ def sum_grad_squared(
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
-      {options}
+      net: the `Network`.
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    return _squares(backprop_batch(params, xs, ys, opts))
+    core.check(net, params, xs, ys)
+    return _squares(core.backprop_batch(net, params, xs, ys))
 
 
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
+@jit_with_net
 def grad_variance(
     params: Params,
     xs: Array,
     ys: Array,
     *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    net: Network = Network(),
 ) -> list[Layer]:
     """(1/N) sum_i (g_i - g_bar)^2, elementwise (BackPACK's Variance), as
     (1/N) sum_i g_i^2 - g_bar^2 from `sum_grad_squared` and the mean gradient g_bar.
@@ -78,26 +69,23 @@ def grad_variance(
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
-      {options}
+      net: the `Network`.
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    result = backprop_batch(params, xs, ys, opts)
+    core.check(net, params, xs, ys)
+    result = core.backprop_batch(net, params, xs, ys)
     n = xs.shape[0]
-    summed, squares = summed_gradients(result.deltas, result.cache), _squares(result)
+    summed, squares = core.summed_gradients(result.deltas, result.cache), _squares(result)
     # Rounding can leave -1e-17 where the variance is 0; a variance is never negative.
     return jax.tree.map(lambda s, q: jnp.maximum(q / n - (s / n) ** 2, 0), summed, squares)
 
 
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
+@jit_with_net
 def batch_dot(
     params: Params,
     xs: Array,
     ys: Array,
     *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    net: Network = Network(),
 ) -> Array:
     """The (N, N) matrix <g_i, g_j> over all parameters (BackPACK's BatchDotGrad).
 
@@ -108,10 +96,10 @@ def batch_dot(
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
-      {options}
+      net: the `Network`.
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    result = backprop_batch(params, xs, ys, opts)
+    core.check(net, params, xs, ys)
+    result = core.backprop_batch(net, params, xs, ys)
     return sum((d @ d.T) * (a @ a.T + 1) for d, a in zip(result.deltas, result.cache.activations))
 
 
@@ -129,16 +117,13 @@ class NoiseScale(NamedTuple):
     grad_norm_sq: Array
 
 
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
+@jit_with_net
 def gradient_noise_scale(
     params: Params,
     xs: Array,
     ys: Array,
     *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    net: Network = Network(),
 ) -> NoiseScale:
     """B_simple = tr(Sigma) / |G|^2 of McCandlish et al., "An Empirical Model of
     Large-Batch Training" (2018), from one batch, each part unbiased.
@@ -153,23 +138,23 @@ def gradient_noise_scale(
       params: a list of `Layer`.
       xs: shape (batch, n_in), at least two examples.
       ys: shape (batch, n_out).
-      {options}
+      net: the `Network`.
 
     Returns:
       `NoiseScale`: ``b_simple``, ``trace`` and ``grad_norm_sq``, each a scalar.
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
+    core.check(net, params, xs, ys)
     n = xs.shape[0]
     if n < 2:
         raise ValueError(
             f"Expected at least two examples for a variance, got xs of shape {xs.shape}"
         )
-    result = backprop_batch(params, xs, ys, opts)
+    result = core.backprop_batch(net, params, xs, ys)
     mean_sq = sum(
         jnp.sum((g / n) ** 2)
-        for g in jax.tree.leaves(summed_gradients(result.deltas, result.cache))
+        for g in jax.tree.leaves(core.summed_gradients(result.deltas, result.cache))
     )
-    squared = _norms(result).total ** 2  # ||g_i||^2, from the error terms (per_example)
+    squared = norms_from_record(result).total ** 2  # ||g_i||^2, from the error terms (per_example)
     trace = (jnp.sum(squared) - n * mean_sq) / (n - 1)
     grad_norm_sq = mean_sq - trace / n
     return NoiseScale(trace / grad_norm_sq, trace, grad_norm_sq)

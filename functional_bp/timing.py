@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import jax
 
+__all__ = ["interleaved_medians"]
+
 
 def interleaved_medians(
     contenders: dict[str, Callable[[], object]],

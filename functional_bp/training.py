@@ -1,14 +1,25 @@
-"""Training with the hand-written gradients: network.py's SGD as pure functions, optax.
+"""Training as gradient x update x loop, and many runs at once.
 
-network.py's ``update_mini_batch`` becomes `sgd_step`, its epoch loop `train_epoch`:
-shuffle with an explicit key, cut mini-batches, and run every step inside one jitted
-`jax.lax.scan`, so no Python runs between steps.
+- **Gradient**: a `functional_bp.core.Gradient`, ``gradient(key, net, params, xs, ys)``:
+  `MeanGradient` (backprop), `per_example.ClippedGradient` and `PrivateGradient`,
+  `feedback.RuleGradient`, `parallel.ShardedGradient`, or your own.
+- **Update**: any optax ``GradientTransformation``. network.py's SGD is `optax.sgd`;
+  network2.py's L2 is `optax.add_decayed_weights` on the weights chained before it
+  (`sgd`). A transformation that needs more than the gradient declares it with an
+  ``extra_inputs`` attribute, ``((name, fn(net, params, xs, ys)), ...)``, and the step
+  passes each as ``update(..., name=value)`` (`curvature.diag_ggn_descent` does).
+- **Loop**: `scan_epoch` runs any step over shuffled mini-batches in one `jax.lax.scan`.
+
+`train_step` and `epoch` are the composition; the book's pair `sgd_step` and
+`train_epoch` are thin wrappers of it, and `many` runs any of them (or any metric) for R
+runs in one program.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import jax
@@ -16,91 +27,131 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from functional_bp._options import (
-    STATIC,
-    ActivationArg,
-    CostArg,
-    Options,
-    prepare,
-    with_options_doc,
-)
+from functional_bp import core
 from functional_bp._validation import (
     check_int,
     check_key,
-    check_nonempty,
-    check_number,
-    check_params,
     check_values,
-    optional_count,
     optional_non_negative,
     positive,
 )
-from functional_bp.backward import mean_cost, mean_value_and_grad
-from functional_bp.curvature import CurvatureTransformation, mean_diag_ggn
-from functional_bp.forward import forward_pass
+from functional_bp.network import Network
 from functional_bp.params import Layer, Params
 
 Array = jax.Array
 
+__all__ = [
+    "MeanGradient",
+    "epoch",
+    "many",
+    "scan_epoch",
+    "sgd",
+    "sgd_step",
+    "train_epoch",
+    "train_step",
+    "weights_only",
+]
+
+MeanGradient = core.MeanGradient
+
 _UNROLL = 4
 
 
-def check_l2(lmbda, n) -> None:
-    """network2.py's decay is eta lmbda / n: with lmbda, n is needed."""
-    if lmbda is not None and n is None:
-        raise ValueError("Expected n, the size of the training set, with lmbda (L2 is ηλ/n)")
+def weights_only(params: Any) -> Any:
+    """The mask of the weights: True for the ``w`` of every `Layer` in ``params`` (any
+    pytree that holds them), False for biases and everything else."""
+
+    def mark(node):
+        if isinstance(node, Layer):
+            return Layer(True, False)
+        return False
+
+    return jax.tree.map(mark, params, is_leaf=lambda node: isinstance(node, Layer))
 
 
-def sgd_update(params: Params, grads: Params, eta, lmbda=None, n=None) -> list[Layer]:
-    """w <- (1 - eta lmbda / n) w - eta dC/dw, b <- b - eta dC/db (network2.py's rule;
-    network.py's without lmbda)."""
-    decay = 1 if lmbda is None else 1 - eta * lmbda / n
-    return [
-        Layer(decay * layer.w - eta * g.w, layer.b - eta * g.b) for layer, g in zip(params, grads)
-    ]
+def sgd(learning_rate, weight_decay: Optional[float] = None) -> optax.GradientTransformation:
+    """network.py's update, w <- w - eta g (`optax.sgd`); with ``weight_decay``,
+    network2.py's L2 form w <- (1 - eta wd) w - eta g with wd = lmbda / n, biases not
+    decayed (`optax.add_decayed_weights` on `weights_only`, then `optax.sgd`)."""
+    if weight_decay is None:
+        return optax.sgd(learning_rate)
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=weights_only), optax.sgd(learning_rate)
+    )
 
 
-def _sgd_step(params, xs, ys, eta, lmbda, n, opts: Options) -> list[Layer]:
-    return sgd_update(params, mean_value_and_grad(params, xs, ys, opts)[1], eta, lmbda, n)
+def _check_gradient(gradient, name: str) -> None:
+    if not isinstance(gradient, core.Gradient):
+        raise TypeError(
+            f"Expected {name} to be a functional_bp.core.Gradient (MeanGradient(), "
+            f"per_example.PrivateGradient(...), ...), got {type(gradient).__name__} instead"
+        )
+    gradient.check_values()
 
 
-@check_values(eta=positive, lmbda=optional_non_negative, n=optional_count)
-@functools.partial(jax.jit, static_argnames=STATIC)
-@with_options_doc
-def sgd_step(
-    params: Params,
+def _optional_key(key, name: str) -> None:
+    if key is not None:
+        check_key(key, name)
+
+
+def _step(key, optimizer, params, opt_state, xs, ys, gradient, net):
+    """gradient, then the optimizer's update with the extra inputs it declares."""
+    grads = gradient(key, net, params, xs, ys)
+    extra = {name: fn(net, params, xs, ys) for name, fn in _extra_inputs(optimizer, params)}
+    updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def _extra_inputs(optimizer, params) -> tuple:
+    inputs = tuple(getattr(optimizer, "extra_inputs", ()))
+    if inputs and not (isinstance(params, list) and all(isinstance(p, Layer) for p in params)):
+        names = [name for name, _ in inputs]
+        raise ValueError(
+            f"The optimizer needs {names} of the network's own params (a list of Layer), "
+            f"got {type(params).__name__}: it cannot train a learning rule's state"
+        )
+    return inputs
+
+
+@check_values(key=_optional_key, gradient=_check_gradient)
+@functools.partial(jax.jit, static_argnames=("optimizer", "net"))
+def train_step(
+    key: Optional[Array],
+    optimizer: optax.GradientTransformation,
+    params: Any,
+    opt_state: optax.OptState,
     xs: Array,
     ys: Array,
-    eta: float,
     *,
-    lmbda: Optional[float] = None,
-    n: Optional[int] = None,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
-) -> list[Layer]:
-    """One step of mini-batch gradient descent with the hand-written `grad`.
+    gradient: core.Gradient = MeanGradient(),
+    net: Network = Network(),
+) -> tuple[Any, optax.OptState]:
+    """One step: ``gradient``'s direction, then ``optimizer``'s update.
 
-    network.py's ``update_mini_batch``: w <- w - eta * mean(dC/dw), b likewise; with
-    ``lmbda``, network2.py's L2 form w <- (1 - eta*lmbda/n) w - eta * mean(dC/dw)
-    (biases are not decayed). ``eta``, ``lmbda`` and ``n`` are traced: new values do
-    not compile again.
+    Example::
+
+        optimizer = optax.adam(1e-3)
+        opt_state = optimizer.init(params)
+        params, opt_state = train_step(None, optimizer, params, opt_state, xs, ys)
 
     Args:
-      params: a list of `Layer`.
-      xs: the mini-batch, shape (batch, n_in).
-      ys: its targets, shape (batch, n_out).
-      eta: the learning rate.
-      lmbda: the L2 regularisation parameter lambda; None (the default) for none.
-      n: the size of the whole training set, needed with ``lmbda``.
-      {options}
+      key: a `jax.random` key for a gradient that draws (`per_example.PrivateGradient`);
+        None for the others.
+      optimizer: an optax ``GradientTransformation`` (static: hashed by identity, so make
+        it once). Learning rates that vary per run go in its state
+        (`optax.inject_hyperparams`).
+      params: what the gradient differentiates: a list of `Layer`, or a rule's
+        `feedback.FeedbackParams`.
+      opt_state: ``optimizer.init(params)`` or the state the previous step returned.
+      xs, ys: the mini-batch, shapes (batch, n_in) and (batch, n_out).
+      gradient: a `core.Gradient`; `MeanGradient()` by default.
+      net: the `Network`.
 
     Returns:
-      New params; ``params`` is not changed.
+      ``(params, opt_state)``, both new.
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    check_l2(lmbda, n)
-    return _sgd_step(params, xs, ys, eta, lmbda, n, opts)
+    gradient.check(net, params, xs, ys)
+    return _step(key, optimizer, params, opt_state, xs, ys, gradient, net)
 
 
 def scan_epoch(
@@ -108,26 +159,26 @@ def scan_epoch(
     carry: Any,
     xs: Array,
     ys: Array,
-    step: Callable[[Any, Array, Array], Any],
+    step: Callable[[Array, Any, Array, Array], Any],
     *,
     batch_size: int,
 ) -> Any:
-    """One epoch of any step: shuffle with ``key``, then ``carry = step(carry, xb, yb)``
-    for every mini-batch, inside one `jax.lax.scan`.
+    """One epoch of any step: shuffle with ``key``, then ``carry = step(step_key, carry,
+    xb, yb)`` for every mini-batch, inside one `jax.lax.scan`.
 
-    `train_epoch` and `optax_epoch` are this with their steps; pass your own step (a
-    `jax.grad` step, another optimizer) to run it the same way. Each step gathers its
-    mini-batch from ``xs`` and ``ys`` by index, so the data set is never copied: under
-    `jax.vmap` over runs (`train_epoch_many`) every run reads the one shared data set.
-    The loop is unrolled 4 times to cut per-iteration overhead. A last, partial
-    mini-batch (when ``batch_size`` does not divide the number of examples) is one more
-    step of its smaller size, as in network.py, which keeps it.
+    The shuffle is ``jax.random.permutation(key, num_examples)``; step i gets
+    ``jax.random.fold_in(key, i + 1)`` (unused keys cost nothing: XLA drops them). Each
+    step gathers its mini-batch from ``xs`` and ``ys`` by index, so the data set is never
+    copied: under `many` every run reads the one shared data set. The loop is unrolled 4
+    times to cut per-iteration overhead. A last, partial mini-batch (when ``batch_size``
+    does not divide the number of examples) is one more step of its smaller size, as in
+    network.py, which keeps it.
 
     Args:
-      key: a `jax.random` key for the shuffle (``jax.random.permutation(key, n)``).
-      carry: what ``step`` updates: params, or (params, opt_state), ...
+      key: a `jax.random` key.
+      carry: what ``step`` updates: params, (params, opt_state), ...
       xs, ys: the training set, each with a leading axis of the examples.
-      step: ``step(carry, xb, yb) -> carry``.
+      step: ``step(key, carry, xb, yb) -> carry``.
       batch_size: examples per mini-batch.
     """
     check_key(key)
@@ -137,32 +188,97 @@ def scan_epoch(
     num_full = num_examples // batch_size
     full = order[: num_full * batch_size].reshape(num_full, batch_size)
 
-    def body(carry, batch):
-        return step(carry, xs[batch], ys[batch]), None
+    def body(carry, scanned):
+        i, batch = scanned
+        return step(jax.random.fold_in(key, i + 1), carry, xs[batch], ys[batch]), None
 
-    carry, _ = jax.lax.scan(body, carry, full, unroll=_UNROLL)
+    carry, _ = jax.lax.scan(body, carry, (jnp.arange(num_full), full), unroll=_UNROLL)
     if num_examples % batch_size:
         rest = order[num_full * batch_size :]
-        carry = step(carry, xs[rest], ys[rest])
+        carry = step(jax.random.fold_in(key, num_full + 1), carry, xs[rest], ys[rest])
     return carry
 
 
-@check_values(key=check_key, eta=positive, lmbda=optional_non_negative, n=optional_count)
-@functools.partial(jax.jit, static_argnames=("batch_size",) + STATIC)
-@with_options_doc
+@check_values(key=check_key, gradient=_check_gradient)
+@functools.partial(jax.jit, static_argnames=("optimizer", "net", "batch_size"))
+def epoch(
+    key: Array,
+    optimizer: optax.GradientTransformation,
+    params: Any,
+    opt_state: optax.OptState,
+    xs: Array,
+    ys: Array,
+    *,
+    batch_size: int,
+    gradient: core.Gradient = MeanGradient(),
+    net: Network = Network(),
+) -> tuple[Any, optax.OptState]:
+    """One epoch of `train_step` over shuffled mini-batches (`scan_epoch`).
+
+    Args:
+      key: a `jax.random` key: the shuffle, and each step's key.
+      optimizer, params, opt_state, gradient, net: as for `train_step`.
+      xs, ys: the training set, shapes (num_examples, n_in) and (num_examples, n_out).
+      batch_size: examples per mini-batch; a last, smaller one is one more step.
+
+    Returns:
+      ``(params, opt_state)`` after the epoch.
+    """
+    gradient.check(net, params, xs, ys)
+
+    def step(step_key, carry, xb, yb):
+        return _step(step_key, optimizer, *carry, xb, yb, gradient, net)
+
+    return scan_epoch(key, (params, opt_state), xs, ys, step, batch_size=batch_size)
+
+
+@check_values(learning_rate=positive, weight_decay=optional_non_negative)
+@functools.partial(jax.jit, static_argnames="net")
+def sgd_step(
+    params: Params,
+    xs: Array,
+    ys: Array,
+    learning_rate: float,
+    *,
+    weight_decay: Optional[float] = None,
+    net: Network = Network(),
+) -> list[Layer]:
+    """One step of mini-batch gradient descent with the hand-written `grad`:
+    network.py's ``update_mini_batch``.
+
+    w <- w - eta mean(dC/dw), b likewise; with ``weight_decay``, network2.py's L2 form
+    w <- (1 - eta wd) w - eta mean(dC/dw), biases not decayed (wd = lmbda / n for
+    network2.py's lmbda and training-set size n). ``learning_rate`` (eta) and
+    ``weight_decay`` are traced: new values do not compile again.
+
+    Args:
+      params: a list of `Layer`.
+      xs: the mini-batch, shape (batch, n_in).
+      ys: its targets, shape (batch, n_out).
+      learning_rate: eta.
+      weight_decay: wd; None (the default) for none.
+      net: the `Network`.
+
+    Returns:
+      New params; ``params`` is not changed.
+    """
+    core.check(net, params, xs, ys)
+    optimizer = sgd(learning_rate, weight_decay)
+    return _step(None, optimizer, params, optimizer.init(params), xs, ys, MeanGradient(), net)[0]
+
+
+@check_values(key=check_key, learning_rate=positive, weight_decay=optional_non_negative)
+@functools.partial(jax.jit, static_argnames=("batch_size", "net"))
 def train_epoch(
     key: Array,
     params: Params,
     xs: Array,
     ys: Array,
-    eta: float,
+    learning_rate: float,
     *,
     batch_size: int,
-    lmbda: Optional[float] = None,
-    n: Optional[int] = None,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
+    weight_decay: Optional[float] = None,
+    net: Network = Network(),
 ) -> list[Layer]:
     """One epoch of network.py's SGD: shuffle, cut mini-batches, `sgd_step` each.
 
@@ -170,305 +286,83 @@ def train_epoch(
       key: a `jax.random` key for the shuffle.
       params: a list of `Layer`.
       xs, ys: the training set, shapes (num_examples, n_in) and (num_examples, n_out).
-      eta: the learning rate (traced).
+      learning_rate: eta (traced).
       batch_size: examples per mini-batch. When it does not divide ``num_examples``,
         the last, smaller mini-batch is one more step, as in network.py.
-      lmbda, n: as for `sgd_step` (traced); ``n`` defaults to ``num_examples``.
-      {options}
+      weight_decay: as for `sgd_step` (traced).
+      net: the `Network`.
 
     Returns:
       The params after the epoch.
     """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    n = xs.shape[0] if n is None else n
+    core.check(net, params, xs, ys)
+    optimizer = sgd(learning_rate, weight_decay)
+    gradient = MeanGradient()
 
-    def step(params, xb, yb):
-        return _sgd_step(params, xb, yb, eta, lmbda, n, opts)
+    def step(step_key, carry, xb, yb):
+        return _step(None, optimizer, *carry, xb, yb, gradient, net)
 
-    return scan_epoch(key, params, xs, ys, step, batch_size=batch_size)
-
-
-def train_epoch_many(
-    keys: Array,
-    params: Params,
-    xs: Array,
-    ys: Array,
-    etas,
-    *,
-    batch_size: int,
-    lmbda=None,
-    n=None,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
-) -> list[Layer]:
-    """`train_epoch` for R runs in one program: ``jax.vmap`` over the runs' params (leaves
-    with a leading run axis, as `init_mlp_many` makes them) and learning rates, with the
-    data set shared by all runs. Run r equals ``train_epoch(keys[r], params[r], xs, ys,
-    etas[r], ...)``.
-
-    Args:
-      keys: R keys (``jax.random.split(key, R)``): every run shuffles its own way, as
-        separate runs would; or one key: one shuffle shared by all runs, which turns
-        each run's small first-layer product into one large one (faster on a CPU).
-      params: a list of `Layer` with a leading run axis.
-      xs, ys: the training set, shared.
-      etas: a learning rate per run, shape (R,), or one for all.
-      batch_size, lmbda, n: as for `train_epoch` (``lmbda`` and ``n`` shared).
-      activation, output_activation, cost: as for `train_epoch`.
-
-    Returns:
-      The params of every run after the epoch, leading run axis.
-    """
-    key_axis = None if np.shape(keys) == () else 0
-    etas = jnp.asarray(etas)
-    eta_axis = None if etas.ndim == 0 else 0
-    epoch = functools.partial(
-        train_epoch,
-        batch_size=batch_size,
-        lmbda=lmbda,
-        n=n,
-        activation=activation,
-        output_activation=output_activation,
-        cost=cost,
-    )
-    run = jax.vmap(epoch, in_axes=(key_axis, 0, None, None, eta_axis))
-    return run(keys, params, xs, ys, etas)
+    return scan_epoch(key, (params, optimizer.init(params)), xs, ys, step, batch_size=batch_size)[0]
 
 
-class TrainingDiverged(FloatingPointError):
-    """Training produced a NaN or infinite cost or params, or params beyond ``max_abs``."""
+def many(fn: Callable, per_run: Sequence[str]) -> Callable:
+    """``fn`` for R runs in one program: `jax.vmap` over the arguments named in
+    ``per_run``, each with a leading run axis of the same length R; every other
+    argument (the data set, static options) is shared by all runs.
 
-
-@jax.jit
-def _health(params: Params) -> tuple[Array, Array]:
-    leaves = jax.tree.leaves(params)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
-    largest = jnp.max(jnp.stack([jnp.max(jnp.abs(leaf)) for leaf in leaves]))
-    return finite, largest
-
-
-def check_divergence(
-    params: Params, cost: Optional[float] = None, *, epoch: Optional[int] = None, max_abs=1e6
-) -> None:
-    """Raises `TrainingDiverged` unless ``cost`` and every param are finite and no
-    |param| exceeds ``max_abs``; call it after each `train_epoch` (the CLI does).
-
-    A too-large eta shows as NaN, or, in a sigmoid network, as params that grow to 1e28
-    while every neuron saturates and the cost stays finite: hence ``max_abs``.
+    Run r's result equals ``fn`` called with run r's slice of each per-run argument.
+    Works for any function of the library or your own: epochs (learning rules and DP
+    included), steps, initialisers and metrics.
 
     Example::
 
-        params = train_epoch(key, params, xs, ys, eta, batch_size=10)
-        check_divergence(params, total_cost(params, xs, ys), epoch=epoch)
+        keys = jax.random.split(jax.random.key(0), 8)
+        params = many(init_mlp, per_run=["key"])(keys, [784, 30, 10])
+        epochs = many(train_epoch, per_run=["key", "params", "learning_rate"])
+        params = epochs(keys, params, xs, ys, jnp.linspace(0.5, 4, 8), batch_size=10)
+        costs = many(loss, per_run=["params"])(params, xs, ys)          # shape (8,)
 
-    Args:
-      params: a list of `Layer`.
-      cost: the cost after the epoch, or None to check the params alone.
-      epoch: named in the message.
-      max_abs: the largest magnitude a param may reach; None for no limit.
+    One key for all runs instead (``per_run=["params", "learning_rate"]``) shares one
+    shuffle: each run's small first-layer product then becomes one large one.
+
+    Raises (before any work):
+      ValueError: a name in ``per_run`` is not a parameter of ``fn`` or was not given;
+        the per-run arguments disagree on R (each is named with its R).
     """
-    check_params(params)
-    finite, largest = _health(params)
-    finite, largest = bool(finite), float(largest)
-    where = "" if epoch is None else f" at epoch {epoch}"
-    cost_text = "" if cost is None else f"cost {float(cost):.6g}, "
-    if cost is not None and not np.isfinite(cost):
-        raise TrainingDiverged(f"training diverged{where} ({cost_text.rstrip(', ')})")
-    if not finite:
-        raise TrainingDiverged(f"training diverged{where} ({cost_text}params not finite)")
-    if max_abs is not None and largest > max_abs:
-        raise TrainingDiverged(
-            f"training diverged{where} ({cost_text}largest |param| {largest:.3g} > {max_abs:g})"
-        )
-
-
-def _optax_step(optimizer, params, opt_state, xs, ys, opts: Options):
-    grads = mean_value_and_grad(params, xs, ys, opts)[1]
-    extra = {}
-    if isinstance(optimizer, CurvatureTransformation):  # it preconditions with the GGN
-        extra["diag_ggn"] = mean_diag_ggn(params, xs, ys, opts)
-    updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
-    return optax.apply_updates(params, updates), opt_state
-
-
-@functools.partial(jax.jit, static_argnames=("optimizer",) + STATIC)
-@with_options_doc
-def optax_step(
-    optimizer: optax.GradientTransformation,
-    params: Params,
-    opt_state: optax.OptState,
-    xs: Array,
-    ys: Array,
-    *,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
-) -> tuple[list[Layer], optax.OptState]:
-    """One step of any optax optimizer driven by the hand-written `grad`.
-
-    A `CurvatureTransformation` (`diag_ggn_descent`) also gets the mini-batch's
-    `diag_ggn`, computed in the same step.
-
-    Example::
-
-        optimizer = optax.adam(1e-3)
-        opt_state = optimizer.init(params)
-        params, opt_state = optax_step(optimizer, params, opt_state, xs, ys)
-
-    Args:
-      optimizer: an `optax.GradientTransformation` (static: hashed by identity).
-      params: a list of `Layer`.
-      opt_state: ``optimizer.init(params)`` or the state a previous step returned.
-      xs: the mini-batch, shape (batch, n_in).
-      ys: its targets, shape (batch, n_out).
-      {options}
-
-    Returns:
-      ``(params, opt_state)``, both new.
-    """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    return _optax_step(optimizer, params, opt_state, xs, ys, opts)
-
-
-@check_values(key=check_key)
-@functools.partial(jax.jit, static_argnames=("optimizer", "batch_size") + STATIC)
-@with_options_doc
-def optax_epoch(
-    key: Array,
-    optimizer: optax.GradientTransformation,
-    params: Params,
-    opt_state: optax.OptState,
-    xs: Array,
-    ys: Array,
-    *,
-    batch_size: int,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
-) -> tuple[list[Layer], optax.OptState]:
-    """`train_epoch` with `optax_step` in place of `sgd_step`: any optax optimizer.
-
-    Args:
-      key: a `jax.random` key for the shuffle.
-      optimizer: an `optax.GradientTransformation`.
-      params: a list of `Layer`.
-      opt_state: the optimizer's state.
-      xs, ys: the training set, shapes (num_examples, n_in) and (num_examples, n_out).
-      batch_size: examples per mini-batch, as for `train_epoch`.
-      {options}
-
-    Returns:
-      ``(params, opt_state)`` after the epoch.
-    """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-
-    def step(carry, xb, yb):
-        return _optax_step(optimizer, *carry, xb, yb, opts)
-
-    return scan_epoch(key, (params, opt_state), xs, ys, step, batch_size=batch_size)
-
-
-def _in_batches(fn: Callable[[Array, Array], Array], xs, ys, batch_size: int) -> Array:
-    """Sum of ``fn`` over consecutive batches (each a jitted call of at most two shapes)."""
-    batch_size = check_int(batch_size, "batch_size")
-    total = 0
-    for start in range(0, xs.shape[0], batch_size):
-        total = total + fn(xs[start : start + batch_size], ys[start : start + batch_size])
-    return total
-
-
-@functools.partial(jax.jit, static_argnames="opts")
-def _count_correct(params: Params, xs: Array, labels: Array, opts: Options) -> Array:
-    outputs = forward_pass(params, xs, opts).activations[-1]
-    return jnp.sum(jnp.argmax(outputs, axis=-1) == labels)
-
-
-@functools.partial(jax.jit, static_argnames="opts")
-def _summed_cost(params: Params, xs: Array, ys: Array, opts: Options) -> Array:
-    return mean_cost(params, xs, ys, opts) * xs.shape[0]
-
-
-def _check_labels(labels, xs, num_classes: int) -> None:
-    """Labels are class indices, one per example, each in [0, num_classes)."""
-    shape, dtype = np.shape(labels), jnp.result_type(labels)
-    if len(shape) != 1 or shape[0] != np.shape(xs)[0] or not jnp.issubdtype(dtype, jnp.integer):
+    signature = inspect.signature(fn)
+    per_run = list(per_run)
+    unknown = [name for name in per_run if name not in signature.parameters]
+    if unknown or not per_run:
         raise ValueError(
-            f"Expected labels to be class indices, integers of shape ({np.shape(xs)[0]},) "
-            f"for xs of shape {np.shape(xs)}, got {dtype} of shape {shape} instead "
-            "(one-hot targets? pass their argmax)"
+            f"Expected per_run to name parameters of {getattr(fn, '__name__', fn)}, got "
+            f"{unknown or per_run}; it takes {list(signature.parameters)}"
         )
-    if isinstance(labels, jax.core.Tracer) or shape[0] == 0:
-        return
-    values = np.asarray(labels)
-    low, high = values.min(), values.max()
-    if low < 0 or high >= num_classes:
+
+    @functools.wraps(fn)
+    def run_all(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        missing = [name for name in per_run if name not in bound.arguments]
+        if missing:
+            raise ValueError(f"Expected per-run arguments {missing} to be given")
+        runs = {name: _run_count(bound.arguments[name], name) for name in per_run}
+        if len(set(runs.values())) > 1:
+            raise ValueError(f"Expected every per-run argument to have one length R, got {runs}")
+
+        def one(*values):
+            call = signature.bind(**dict(bound.arguments, **dict(zip(per_run, values))))
+            return fn(*call.args, **call.kwargs)
+
+        return jax.vmap(one)(*(bound.arguments[name] for name in per_run))
+
+    return run_all
+
+
+def _run_count(value, name: str) -> int:
+    leaves = jax.tree.leaves(value)
+    shapes = {np.shape(leaf)[:1] for leaf in leaves}
+    if not leaves or () in shapes or len(shapes) > 1:
         raise ValueError(
-            f"Expected labels in [0, {num_classes}) for an output layer of {num_classes} "
-            f"neurons, got values from {low} to {high} instead"
+            f"Expected per-run argument {name} to have a leading run axis on every leaf, got "
+            f"leaf shapes {sorted({np.shape(leaf) for leaf in leaves})[:4]}"
         )
-
-
-def evaluate(
-    params: Params,
-    xs: Array,
-    labels: Array,
-    *,
-    batch_size: int = 10_000,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-) -> int:
-    """network.py's ``evaluate``: how many examples have argmax(a^L) == label.
-
-    Args:
-      params: a list of `Layer`.
-      xs: shape (num_examples, n_in).
-      labels: class indices, integers of shape (num_examples,).
-      batch_size: examples per jitted call.
-      activation, output_activation: as for `feedforward`.
-    """
-    opts = prepare(params, xs, None, activation, output_activation, None, batched=True)
-    _check_labels(labels, xs, np.shape(params[-1].w)[0])
-    correct = _in_batches(
-        lambda xb, lb: _count_correct(params, xb, lb, opts), xs, labels, batch_size
-    )
-    return int(correct)
-
-
-def accuracy(params: Params, xs: Array, labels: Array, **kwargs) -> float:
-    """The fraction of examples classified correctly; keywords as for `evaluate`."""
-    check_nonempty(xs)
-    return evaluate(params, xs, labels, **kwargs) / xs.shape[0]
-
-
-def l2_term(params: Params, lmbda, num_examples: int) -> Array:
-    """network2.py's L2 term of the cost, lmbda/(2n) sum_l ||w^l||^2 (biases excluded)."""
-    return 0.5 * lmbda / num_examples * sum(jnp.sum(layer.w**2) for layer in params)
-
-
-@with_options_doc
-def total_cost(
-    params: Params,
-    xs: Array,
-    ys: Array,
-    *,
-    lmbda: float = 0.0,
-    batch_size: int = 10_000,
-    activation: ActivationArg = "sigmoid",
-    output_activation: Optional[ActivationArg] = None,
-    cost: CostArg = "quadratic",
-) -> float:
-    """network2.py's ``total_cost``: the mean cost plus the L2 term lmbda/(2n) sum w^2.
-
-    Args:
-      params: a list of `Layer`.
-      xs, ys: shapes (num_examples, n_in) and (num_examples, n_out).
-      lmbda: the L2 regularisation parameter lambda.
-      batch_size: examples per jitted call.
-      {options}
-    """
-    opts = prepare(params, xs, ys, activation, output_activation, cost, batched=True)
-    check_number(lmbda, "lmbda", minimum=0)
-    summed = _in_batches(lambda xb, yb: _summed_cost(params, xb, yb, opts), xs, ys, batch_size)
-    num_examples = xs.shape[0]
-    return float(summed / num_examples + l2_term(params, lmbda, num_examples))
+    return shapes.pop()[0]

@@ -15,6 +15,8 @@ from functional_bp._files import atomic_write
 from functional_bp._validation import check_params
 from functional_bp.params import Layer, Params
 
+__all__ = ["load_feedback", "load_params", "save_params"]
+
 _FORMAT = "functional_bp.params/1"
 _RESERVED = ("format", "sizes", "dtype")
 

@@ -1,0 +1,277 @@
+"""The core every family is built on: one batched forward pass, delta^L per example, eq 96
+back to layer 1, and the record of it all.
+
+`backprop_batch` returns a `Record` (the forward `Cache` and every delta^l, each with a
+leading batch axis); `grad`, the per-example norms, the statistics, the curvature and the
+learning rules are each a few lines on it. Build your own quantity the same way: check
+the input with `check`, run the core, reduce the record. For example the per-layer Gram
+matrix of the per-example gradients, <g_i^l, g_j^l> = (delta_i . delta_j)(a_i . a_j + 1)
+(eq 99 is an outer product, so no per-example gradient is formed)::
+
+    import functools, jax
+    from functional_bp import Network, core
+
+    @functools.partial(jax.jit, static_argnames="net")
+    def layer_gram(params, xs, ys, *, net=Network()):
+        core.check(net, params, xs, ys)
+        record = core.backprop_batch(net, params, xs, ys)
+        return [(d @ d.T) * (a @ a.T + 1)
+                for d, a in zip(record.deltas, record.cache.activations)]
+
+Core functions take ``net`` first and run inside your trace: they check nothing
+(`check` does, once, at trace time).
+
+Layer types. A layer type provides the three steps of the documents' derivation
+(`LayerType`): its forward map, its transport of the error (eq 96's (w^{l+1})^T
+delta^{l+1}), and its parameter gradient (eq 99). `Dense` is the first implementation,
+and the only one the core uses today.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Optional, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from functional_bp._validation import check_data, check_nonempty, check_params
+from functional_bp.equations import hidden_error, layer_gradient, output_error, weighted_error
+from functional_bp.network import Network, check_contracts, check_network
+from functional_bp.params import Layer, Params
+
+Array = jax.Array
+
+__all__ = [
+    "Cache",
+    "Dense",
+    "Gradient",
+    "LayerType",
+    "MeanGradient",
+    "Record",
+    "backprop_batch",
+    "backward_pass",
+    "check",
+    "example_costs",
+    "forward_pass",
+    "gradient_class",
+    "hidden_errors",
+    "mean_cost",
+    "mean_value_and_grad",
+    "output_errors",
+    "summed_gradients",
+]
+
+
+class LayerType(Protocol):
+    """What a layer type provides: the three steps the documents derive for a dense layer.
+
+    - ``forward(layer, a_prev)``: z^l from a^{l-1} (001 notes eq 1; chapter 10 eq 77).
+    - ``transport(weights, delta_next)``: dC/da^l from delta^{l+1}, the (w^{l+1})^T
+      delta^{l+1} of eq 96 (001 notes eq 8); delta^l is this ⊙ sigma'(z^l). A learning
+      rule (`functional_bp.feedback`) passes other ``weights``.
+    - ``gradient(delta, a_prev)``: dC/dw^l and dC/db^l from delta^l and a^{l-1} (eq 99
+      and eq 7), summed over any leading batch axes.
+    """
+
+    def forward(self, layer: Layer, a_prev: Array) -> Array: ...
+
+    def transport(self, weights: Array, delta_next: Array) -> Array: ...
+
+    def gradient(self, delta: Array, a_prev: Array) -> Layer: ...
+
+
+class Dense:
+    """The fully connected layer: z = w a + b, transport (w^{l+1})^T delta^{l+1}
+    (`weighted_error`), gradient delta (a^{l-1})^T (`layer_gradient`)."""
+
+    @staticmethod
+    def forward(layer: Layer, a_prev: Array) -> Array:
+        return layer.w @ a_prev + layer.b  # z_j = sum_k w_jk a_k + b_j
+
+    transport = staticmethod(weighted_error)
+    gradient = staticmethod(layer_gradient)
+
+
+class Cache(NamedTuple):
+    """What the backward pass needs, layer by layer (network.py's ``zs``, ``activations``).
+
+    Attributes:
+      zs: [z^1, ..., z^L], the weighted inputs (the chapter's h^(l)).
+      activations: [a^0 = x, a^1, ..., a^L].
+    """
+
+    zs: list[Array]
+    activations: list[Array]
+
+
+class Record(NamedTuple):
+    """The core's result for a batch.
+
+    Attributes:
+      cache: the forward `Cache`, every array (batch, n_l).
+      ys: the targets in the params' dtype.
+      deltas: [delta^1, ..., delta^L], each (batch, n_l).
+    """
+
+    cache: Cache
+    ys: Array
+    deltas: list[Array]
+
+
+def check(net: Network, params: Params, xs, ys=None, *, batched: Optional[bool] = True):
+    """Checks what a public function was given, before any maths; returns the layer sizes.
+
+    Run it at trace time inside your jitted function: a later call with the same shapes
+    and ``net`` costs nothing. ``batched``: True for xs of shape (batch, n_in), False for
+    one example (n_in,), None for either. With ``ys`` and a batch, the batch must hold an
+    example (a mean over none is undefined). Errors name the layer and the shapes.
+    """
+    check_network(net)
+    sizes = check_params(params)
+    check_data(sizes, xs, ys, batched=batched)
+    if batched and ys is not None:
+        check_nonempty(xs)
+    dtype = np.dtype(jnp.result_type(params[0][0]))
+    check_contracts(net, tuple(sizes), dtype, ys is not None)
+    return sizes
+
+
+def _forward_one(net: Network, params: Params, x: Array) -> Cache:
+    """Eqs 1-2 of the 001 notes, layer by layer, for one example x of shape (n_in,)."""
+    a = x.astype(params[0].w.dtype)
+    zs, activations = [], [a]
+    for l, layer in enumerate(params, start=1):
+        z = Dense.forward(layer, a)
+        a = net.layer_activation(l, len(params)).fn(z)
+        zs.append(z)
+        activations.append(a)
+    return Cache(zs, activations)
+
+
+def forward_pass(net: Network, params: Params, xs: Array) -> Cache:
+    """The forward pass of every row of xs (batch, n_in): `jax.vmap` of one example's."""
+    return jax.vmap(lambda x: _forward_one(net, params, x))(xs)
+
+
+def example_costs(net: Network, cache: Cache, ys: Array) -> Array:
+    """C of every example, shape (batch,): ``cost.fn(a^L, y)``, or its closed form in z^L."""
+    form = net.cost.closed_form(net.output_activation)
+
+    def one(z_L, a_L, y):
+        return net.cost.fn(a_L, y) if form is None else form.fn(z_L, y)
+
+    return jax.vmap(one)(cache.zs[-1], cache.activations[-1], ys)
+
+
+def hidden_errors(net: Network, weights: Array, delta_next: Array, cache: Cache, l: int):
+    """`hidden_error` (eq 96) at hidden layer l for every example: delta_next (batch, n)
+    transported through ``weights`` (w^{l+1}, or a learning rule's matrix), then ⊙
+    sigma'(z^l)."""
+    one = functools.partial(hidden_error, weights, net=net)
+    return jax.vmap(one)(delta_next, cache.zs[l - 1], cache.activations[l])
+
+
+def backward_pass(
+    net: Network,
+    params: Params,
+    cache: Cache,
+    delta_L: Array,
+    *,
+    matrices: Optional[list[Array]] = None,
+) -> list[Array]:
+    """[delta^1, ..., delta^L] from delta^L (batch, n_L): eq 96 from layer L-1 down to 1.
+
+    ``matrices``, when given, replaces w^{l+1} in eq 96 layer by layer (entry l-1 for
+    layer l, each of the shape of w^{l+1}): the backward pass of feedback alignment.
+    """
+    matrices = [layer.w for layer in params[1:]] if matrices is None else matrices
+    deltas = [delta_L]
+    for l in range(len(params) - 1, 0, -1):  # params[l] is layer l+1
+        deltas.insert(0, hidden_errors(net, matrices[l - 1], deltas[0], cache, l))
+    return deltas
+
+
+def output_errors(
+    net: Network, params: Params, xs: Array, ys: Array, *, scale: Optional[Array] = None
+) -> tuple[Cache, Array, Array]:
+    """The forward pass of a batch and delta^L of every example (eqs 90-91, vmapped):
+    ``(cache, ys in the params' dtype, delta^L)``.
+
+    ``scale``, when given, multiplies delta^L; eq 96 is linear in delta, so every
+    delta^l carries it (the mean gradient's 1/batch goes into the smallest array).
+    """
+    cache = forward_pass(net, params, xs)
+    ys = ys.astype(cache.activations[-1].dtype)
+    one = functools.partial(output_error, net=net)
+    delta_L = jax.vmap(one)(cache.zs[-1], cache.activations[-1], ys)
+    if scale is not None:
+        delta_L = delta_L * scale
+    return cache, ys, delta_L
+
+
+def backprop_batch(
+    net: Network, params: Params, xs: Array, ys: Array, *, scale: Optional[Array] = None
+) -> Record:
+    """The core: forward pass, eqs 90-91 per example (`output_errors`), eq 96 back to
+    layer 1 (`backward_pass`)."""
+    cache, ys, delta_L = output_errors(net, params, xs, ys, scale=scale)
+    return Record(cache, ys, backward_pass(net, params, cache, delta_L))
+
+
+def summed_gradients(deltas: list[Array], cache: Cache) -> list[Layer]:
+    """Eq 99 and eq 7 for every layer, summed over the batch: sum_i delta_i^l (a_i^{l-1})^T."""
+    return [Dense.gradient(delta, a_prev) for delta, a_prev in zip(deltas, cache.activations)]
+
+
+def mean_value_and_grad(
+    net: Network, params: Params, xs: Array, ys: Array
+) -> tuple[Array, list[Layer]]:
+    """The mean cost and the mean gradient of a batch, with 1/batch folded into delta^L."""
+    record = backprop_batch(net, params, xs, ys, scale=1.0 / xs.shape[0])
+    value = jnp.mean(example_costs(net, record.cache, record.ys))
+    return value, summed_gradients(record.deltas, record.cache)
+
+
+def mean_cost(net: Network, params: Params, xs: Array, ys: Array) -> Array:
+    """The mean cost of a batch, from the forward pass alone."""
+    cache = forward_pass(net, params, xs)
+    return jnp.mean(example_costs(net, cache, ys.astype(cache.activations[-1].dtype)))
+
+
+class Gradient:
+    """What a training step descends along: ``gradient(key, net, params, xs, ys)`` returns
+    an update direction in the structure of ``params``.
+
+    Subclasses are frozen dataclasses registered as pytrees: their hyperparameters are
+    leaves (traced under `jax.jit`, one per run under `functional_bp.training.many`),
+    their choices static fields. `MeanGradient` is backprop's; the families add
+    clipped and private gradients (`functional_bp.per_example`), learning rules
+    (`functional_bp.feedback`) and sharded ones (`functional_bp.parallel`).
+    """
+
+    def __call__(self, key, net: Network, params, xs: Array, ys: Array):
+        raise NotImplementedError
+
+    def check(self, net: Network, params, xs, ys) -> None:
+        """Trace-time checks of what the step was given (shapes, structure)."""
+        check(net, params, xs, ys)
+
+    def check_values(self) -> None:
+        """Checks of the hyperparameters' values, outside any trace."""
+
+
+def gradient_class(cls):
+    """Makes ``cls`` a frozen dataclass and a pytree: fields marked
+    ``dataclasses.field(metadata={"static": True})`` are static, the rest are leaves."""
+    return jax.tree_util.register_dataclass(dataclasses.dataclass(frozen=True)(cls))
+
+
+@gradient_class
+class MeanGradient(Gradient):
+    """Backprop's mean gradient of the mini-batch (`functional_bp.grad`); ignores the key."""
+
+    def __call__(self, key, net, params, xs, ys):
+        return mean_value_and_grad(net, params, xs, ys)[1]

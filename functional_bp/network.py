@@ -1,0 +1,155 @@
+"""`Network`: one frozen, hashable value for everything about a network that is static.
+
+Every public function takes it as ``net=`` (keyword-only, default ``Network()``:
+network.py's sigmoid neurons and quadratic cost) and jits with it as a static argument.
+Names are resolved to `Activation` and `Cost` objects, and the cost is checked against
+the output activation, once, when the value is built.
+
+How layer types will join it. Today every layer is dense. A layer type provides three
+things, the three steps of the documents' derivation (see `functional_bp.core.LayerType`):
+its forward map (z^l from a^{l-1}, eqs 1-2), its transport of the error (what replaces
+eq 96's (w^{l+1})^T delta^{l+1}) and its parameter gradient from a^{l-1} and delta^l (eq
+99). A later ``layers`` field, a tuple of such types with dense as its default, extends
+`Network` without changing any signature that takes ``net=``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional
+
+import jax
+import numpy as np
+
+from functional_bp.activations import Activation, get_activation
+from functional_bp.costs import Cost, check_compatible, get_cost
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Network:
+    """The activations and the cost of a fully connected network.
+
+    Example::
+
+        net = Network(activation="relu", output_activation="softmax", cost="log_likelihood")
+        grads = functional_bp.grad(params, xs, ys, net=net)
+
+    Attributes:
+      activation: sigma of the hidden layers 1..L-1: "sigmoid", "tanh", "relu",
+        "identity", "softmax" or your own `Activation`.
+      output_activation: sigma of the output layer L; None (the default) means
+        ``activation``.
+      cost: "quadratic" (1/2 ||a - y||^2, network.py), "squared_error" (sum_j (a_j -
+        y_j)^2, the 001 notes), "cross_entropy" (network2.py), "log_likelihood" (-sum_j
+        y_j ln a_j, network3.py) or your own `Cost`. Forward-only functions ignore it.
+
+    After construction the three fields hold `Activation` and `Cost` objects, so
+    ``Network("sigmoid") == Network(SIGMOID)``. A cost defined only on (0, 1)
+    (cross-entropy, log-likelihood) after an output activation that leaves it (tanh,
+    relu, identity) is refused here, with the fix in the message.
+    """
+
+    activation: str | Activation = "sigmoid"
+    output_activation: Optional[str | Activation] = None
+    cost: str | Cost = "quadratic"
+
+    def __post_init__(self):
+        hidden = get_activation(self.activation)
+        output = (
+            hidden if self.output_activation is None else get_activation(self.output_activation)
+        )
+        cost = get_cost(self.cost)
+        check_compatible(cost, output.name)
+        object.__setattr__(self, "activation", hidden)
+        object.__setattr__(self, "output_activation", output)
+        object.__setattr__(self, "cost", cost)
+        # Hashed on every jitted call, so once here.
+        object.__setattr__(self, "_hash", hash((hidden, output, cost)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Network):
+            return NotImplemented
+        return (self.activation, self.output_activation, self.cost) == (
+            other.activation,
+            other.output_activation,
+            other.cost,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Network(activation={self.activation.name!r}, "
+            f"output_activation={self.output_activation.name!r}, cost={self.cost.name!r})"
+        )
+
+    def layer_activation(self, l: int, num_layers: int) -> Activation:
+        """sigma of layer l (1-based): the output activation for l = L."""
+        return self.output_activation if l == num_layers else self.activation
+
+
+jit_with_net = functools.partial(jax.jit, static_argnames="net")
+"""`jax.jit` for a function that takes ``net=``, a static argument."""
+
+
+def check_network(net) -> Network:
+    """Raises TypeError unless ``net`` is a `Network` (names go through `Network(...)`)."""
+    if not isinstance(net, Network):
+        raise TypeError(
+            f"Expected net to be a functional_bp.Network, got {type(net).__name__} {net!r} "
+            'instead; build one with Network(activation="sigmoid", cost="quadratic")'
+        )
+    return net
+
+
+def _check_returns(what: str, fn, args: tuple, expected: tuple) -> None:
+    """Traces ``fn(*args)`` abstractly; raises ValueError unless it returns ``expected``."""
+    shapes = ", ".join(str(tuple(arg.shape)) for arg in args)
+    try:
+        got = tuple(jax.eval_shape(fn, *args).shape)
+    except Exception as error:  # the user's function, traced on one example
+        raise ValueError(f"{what} failed on one example (shapes {shapes}): {error}") from error
+    if got != expected:
+        raise ValueError(
+            f"{what} returned shape {got} for one example (shapes {shapes}); expected {expected}"
+        )
+
+
+@functools.lru_cache(maxsize=1024)  # the same network and shapes are checked once
+def check_contracts(net: Network, sizes: tuple[int, ...], dtype: np.dtype, with_cost: bool) -> None:
+    """Checks with `jax.eval_shape` that every `Activation` and `Cost` keeps its contract
+    on one example: sigma, sigma' and the VJP return z's shape (n,); C returns a scalar
+    and dC/da (or a closed-form delta^L) a's shape (n_out,)."""
+    num_layers = len(sizes) - 1
+    seen = set()
+    for l, n in enumerate(sizes[1:], start=1):
+        act = net.layer_activation(l, num_layers)
+        if (act, n) in seen:  # one check per activation and width
+            continue
+        seen.add((act, n))
+        where = f"Activation {act.name!r} of layer {l}"
+        z = jax.ShapeDtypeStruct((n,), dtype)
+        _check_returns(f"{where}: fn", act.fn, (z,), (n,))
+        if act.vjp is not None:
+            _check_returns(f"{where}: vjp(z, a, g)", act.vjp, (z, z, z), (n,))
+        else:
+            _check_returns(f"{where}: derivative", act.derivative, (z,), (n,))
+    if not with_cost:
+        return
+    n_out = sizes[-1]
+    a = jax.ShapeDtypeStruct((n_out,), dtype)
+    form = net.cost.closed_form(net.output_activation)
+    where = f"Cost {net.cost.name!r}" + (" (closed form in z)" if form else "")
+    fn, delta, delta_args = (
+        (net.cost.fn, net.cost.derivative, (a, a))
+        if form is None
+        else (form.fn, form.delta, (a, a, a))
+    )
+    _check_returns(f"{where}: fn", fn, (a, a), ())
+    _check_returns(
+        f"{where}: " + ("derivative" if form is None else "delta"), delta, delta_args, (n_out,)
+    )
