@@ -123,7 +123,7 @@ def train_step(
     xs: Array,
     ys: Array,
     *,
-    gradient: core.Gradient = MeanGradient(),
+    gradient: core.Gradient = core.MeanGradient(),
     net: Network = Network(),
 ) -> tuple[Any, optax.OptState]:
     """One step: ``gradient``'s direction, then ``optimizer``'s update.
@@ -210,7 +210,7 @@ def epoch(
     ys: Array,
     *,
     batch_size: int,
-    gradient: core.Gradient = MeanGradient(),
+    gradient: core.Gradient = core.MeanGradient(),
     net: Network = Network(),
 ) -> tuple[Any, optax.OptState]:
     """One epoch of `train_step` over shuffled mini-batches (`scan_epoch`).
