@@ -22,6 +22,18 @@ from functional_bp._validation import check_int, check_number
 
 PathLike = str | os.PathLike
 
+__all__ = [
+    "DEFAULT_MIRROR",
+    "MNIST_CHECKSUMS",
+    "MNIST_FILES",
+    "Dataset",
+    "download_mnist",
+    "load_digits",
+    "load_mnist",
+    "one_hot",
+    "read_idx",
+]
+
 DEFAULT_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 """The mirror torchvision downloads MNIST from."""
 
