@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test check bench lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
+# The quick tier for the edit loop: lint, then the tests not marked slow.
+check: lint
+	$(BIN)/python -m pytest -m "not slow"
+
 bench: $(BIN)/.installed
 	$(BIN)/python scripts/bench.py
 
@@ -26,4 +30,4 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check functional_bp tests scripts
 
 clean:
-	rm -rf $(VENV) results
+	rm -rf $(VENV) out functional_bp-demo site
