@@ -79,16 +79,22 @@ def _softmax_vjp(z: Array, a: Array, g: Array) -> Array:
 
 # jax.nn.sigmoid is the stable logistic: finite for z = +-1000 in float32.
 SIGMOID = Activation(jax.nn.sigmoid, lambda a: a * (1 - a), True, "sigmoid")
+"""The logistic sigma(z) = 1 / (1 + e^{-z}) (network.py), sigma' = a (1 - a)."""
 TANH = Activation(jnp.tanh, lambda a: 1 - a * a, True, "tanh")
+"""tanh, sigma' = 1 - a^2."""
 # sigma'(0) is taken as 0 for relu, as jax.grad does.
 RELU = Activation(jax.nn.relu, lambda a: (a > 0).astype(a.dtype), True, "relu")
+"""max(0, z), sigma' = 1[z > 0] (0 at z = 0, as jax.grad takes it)."""
 IDENTITY = Activation(lambda z: z, jnp.ones_like, False, "identity")
+"""The identity, sigma' = 1: a linear layer."""
 # The book's chapter 3 (network3.py's SoftmaxLayer): a_j = e^{z_j} / sum_k e^{z_k}.
 SOFTMAX = Activation(jax.nn.softmax, name="softmax", vjp=_softmax_vjp)
+"""a_j = e^{z_j} / sum_k e^{z_k} (network3.py's output layer), by its VJP."""
 
 ACTIVATIONS: dict[str, Activation] = {
     act.name: act for act in (SIGMOID, TANH, RELU, IDENTITY, SOFTMAX)
 }
+"""The built-in activations by name."""
 
 
 def get_activation(activation: str | Activation) -> Activation:

@@ -92,6 +92,7 @@ QUADRATIC = Cost(
     "quadratic",
     sample=lambda key, a: a + jax.random.normal(key, a.shape, a.dtype),
 )
+"""network.py's C = 1/2 ||a - y||^2, dC/da = a - y."""
 
 # The 001 notes: C_0 = sum_j (a_j - y_j)^2, dC/da = 2 (a - y) (eq 4); y ~ N(a, I/2).
 SQUARED_ERROR = Cost(
@@ -100,6 +101,7 @@ SQUARED_ERROR = Cost(
     "squared_error",
     sample=lambda key, a: a + jax.random.normal(key, a.shape, a.dtype) / jnp.sqrt(2),
 )
+"""The 001 notes' C = sum_j (a_j - y_j)^2, dC/da = 2 (a - y) (eq 4)."""
 
 
 def _cross_entropy(a: Array, y: Array) -> Array:
@@ -127,6 +129,8 @@ CROSS_ENTROPY = Cost(
         ),
     ),
 )
+"""network2.py's C = -sum_j [y_j ln a_j + (1 - y_j) ln(1 - a_j)]; after a sigmoid,
+delta^L = a - y."""
 
 # network3.py's log-likelihood: C = -sum_j y_j ln a_j, dC/da = -y / a.
 # After a softmax, delta^L = a sum_j y_j - y (a - y for a one-hot y), and C from the
@@ -152,10 +156,12 @@ LOG_LIKELIHOOD = Cost(
         ),
     ),
 )
+"""network3.py's C = -sum_j y_j ln a_j; after a softmax, delta^L = a - y for one-hot y."""
 
 COSTS: dict[str, Cost] = {
     c.name: c for c in (QUADRATIC, SQUARED_ERROR, CROSS_ENTROPY, LOG_LIKELIHOOD)
 }
+"""The built-in costs by name."""
 
 # Costs defined only for outputs in (0, 1), and the built-in activations that leave it.
 _NEEDS_UNIT_INTERVAL = {"cross_entropy", "log_likelihood"}

@@ -52,6 +52,7 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+"""The four IDX files of MNIST, as named on the usual mirrors (without ``.gz``)."""
 
 # IDX type byte -> numpy dtype; the multi-byte types are big-endian in the file.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

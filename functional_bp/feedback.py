@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 RULES = ("fa", "dfa", "sign", "kp")
+"""The learning rules: feedback alignment, direct feedback alignment, sign symmetry,
+Kolen-Pollack."""
 
 
 def _check_rule(rule) -> None:

@@ -31,6 +31,7 @@ class Layer(NamedTuple):
 
 
 Params = Sequence[Layer]
+"""The params of a network: a list of `Layer`, layer 1 first."""
 
 
 def init_mlp(
