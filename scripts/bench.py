@@ -2,33 +2,62 @@
 rate, every comparison measured side by side (interleaved) in one run.
 
     python scripts/bench.py            # the full suite (several minutes on 2 cores)
-    python scripts/bench.py --quick    # a smoke run, under a minute
+    python scripts/bench.py --quick    # small sizes, few repeats, under a minute
+    python scripts/bench.py --smoke    # tiny sizes, one repeat: checks that every case runs
 
-Writes <out>.md (the tables), <out>.json and <out>.png (default out: results/bench).
+Writes <out>.md (the tables), <out>.json and <out>.png; the default out is
+bench-results/bench under the current directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import functional_bp as fbp
-from functional_bp import (
-    clipped_grad,
-    interleaved_medians,
-    per_example_grad_norms,
-    scan_epoch,
-    train_epoch,
-)
+from functional_bp import core, curvature, feedback, per_example, statistics, training
+from functional_bp.timing import interleaved_medians
+
+NETS = {
+    "sigmoid/quadratic": fbp.Network(activation="sigmoid", cost="quadratic"),
+    "relu/cross_entropy": fbp.Network(
+        activation="relu", output_activation="sigmoid", cost="cross_entropy"
+    ),
+}
+STATS_NET = fbp.Network(activation="relu", output_activation="softmax", cost="log_likelihood")
+
+
+class Scale(NamedTuple):
+    """The sizes and repeats of one kind of run: "full", "quick" or "smoke"."""
+
+    mode: str
+    sizes: list  # (sizes, batch) of the mean and per-example gradients and compile times
+    gemm_n: int
+    epoch: tuple  # (sizes, batch, examples, examples timed in NumPy)
+    many_runs: tuple  # (sizes, batch, examples, run counts)
+    feedback: list  # (sizes, batch) per network
+    large: tuple  # (sizes, batch) of the per-example norms and the statistics
+    direct: tuple  # (sizes, batch) of the direct-call overhead
+
+    def repeats(self, full: int, quick: int) -> int:
+        return {"full": full, "quick": quick, "smoke": 1}[self.mode]
+
+    @property
+    def min_time(self) -> float:
+        """Seconds per timed sample of a short call (none in a smoke run)."""
+        return 0.0 if self.mode == "smoke" else 0.02
+
 
 SIZES = [
     ([784, 30, 10], 10),
@@ -36,16 +65,47 @@ SIZES = [
     ([784, 1024, 1024, 10], 256),
     ([4096, 4096, 4096], 1024),
 ]
-QUICK_SIZES = SIZES[:2]
-OPTIONS = {
-    "sigmoid/quadratic": dict(activation="sigmoid", cost="quadratic"),
-    "relu/cross_entropy": dict(
-        activation="relu", output_activation="sigmoid", cost="cross_entropy"
-    ),
-}
+FULL = Scale(
+    mode="full",
+    sizes=SIZES,
+    gemm_n=4096,
+    epoch=([784, 30, 10], 10, 50_000, 10_000),
+    many_runs=([784, 30, 10], 10, 50_000, (16, 64)),
+    feedback=[([784, 1000, 10], 64), ([784, 1024, 1024, 10], 256)],
+    large=([784, 1024, 1024, 10], 256),
+    direct=([784, 30, 10], 10),
+)
+QUICK = FULL._replace(
+    mode="quick",
+    sizes=SIZES[:2],
+    gemm_n=1024,
+    epoch=([784, 30, 10], 10, 5_000, 2_000),
+    many_runs=([784, 30, 10], 10, 5_000, (4, 8)),
+    feedback=[([784, 100, 10], 64)],
+    large=([784, 100, 10], 64),
+)
+# Every case on one tiny problem, for the smoke test: what costs is compiling, so as few
+# shapes as there can be. The statistics' autodiff reference sums chunks of 16 examples,
+# so the batch of `large` is a multiple of 16.
+SMOKE = FULL._replace(
+    mode="smoke",
+    sizes=[([8, 6, 4], 16)],
+    gemm_n=64,
+    epoch=([8, 6, 4], 8, 16, 8),
+    many_runs=([8, 6, 4], 8, 16, (2,)),
+    feedback=[([8, 6, 4], 16)],
+    large=([8, 6, 4], 16),
+    direct=([8, 6, 4], 16),
+)
 
 
 def problem(sizes, batch, seed=0):
+    """Params (network2.py's init), uniform inputs and one-hot targets, from ``seed``."""
+    return _problem(tuple(sizes), batch, seed)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))  # one program, not an op at a time
+def _problem(sizes, batch, seed):
     key = jax.random.key(seed)
     init_key, x_key, y_key = jax.random.split(key, 3)
     params = fbp.init_mlp(init_key, sizes, init="scaled_normal")
@@ -59,10 +119,8 @@ def step_flops(sizes, batch):
     return 6 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
-def repeats_for(flops, quick):
-    if quick:
-        return 5
-    return 3 if flops > 5e10 else 7 if flops > 1e9 else 25
+def repeats_for(flops, scale):
+    return scale.repeats(full=3 if flops > 5e10 else 7 if flops > 1e9 else 25, quick=5)
 
 
 def gemm_rate(n, repeats=5):
@@ -73,21 +131,21 @@ def gemm_rate(n, repeats=5):
     return 2 * n**3 / seconds / 1e9
 
 
-def case_mean_gradient(sizes_list, quick):
+def case_mean_gradient(scale):
     rows = []
-    for sizes, batch in sizes_list:
-        for name, options in OPTIONS.items():
+    for sizes, batch in scale.sizes:
+        for name, net in NETS.items():
             params, xs, ys = problem(sizes, batch)
-            autodiff = jax.jit(jax.grad(lambda p, x, y: fbp.loss(p, x, y, **options)))
+            autodiff = jax.jit(jax.grad(lambda p, x, y, net=net: fbp.loss(p, x, y, net=net)))
             flops = step_flops(sizes, batch)
             t = interleaved_medians(
                 {
-                    "manual": lambda: fbp.grad(params, xs, ys, **options),
+                    "manual": lambda net=net: fbp.grad(params, xs, ys, net=net),
                     "autodiff": lambda: autodiff(params, xs, ys),
                 },
-                repeats=repeats_for(flops, quick),
+                repeats=repeats_for(flops, scale),
                 warmup=1,
-                min_time=0.02,
+                min_time=scale.min_time,
             )
             rows.append(
                 dict(
@@ -105,21 +163,73 @@ def case_mean_gradient(sizes_list, quick):
     return rows
 
 
-def case_per_example(sizes_list, quick):
+def case_direct_call(scale):
+    """`grad` called directly from Python at a dispatch-bound size, against a plain jitted
+    function of the same computation (`core.mean_value_and_grad` under `jax.jit`, no
+    public wrapper): the cost of the wrapper per call (the static ``net``'s hash and
+    equality on jit's cache path, the pytree of params). Target: at most 1.05x."""
+    sizes, batch = scale.direct
+    params, xs, ys = problem(sizes, batch)
+    net = NETS["relu/cross_entropy"]  # an explicit, non-default value, built once
+    default = fbp.Network()
+
+    def plain(network):
+        return jax.jit(lambda p, x, y: core.mean_value_and_grad(network, p, x, y)[1])
+
+    plain_net, plain_again, plain_default = plain(net), plain(net), plain(default)
+    autodiff = jax.jit(jax.grad(fbp.loss))
+    contenders = {
+        "grad, explicit net": lambda: fbp.grad(params, xs, ys, net=net),
+        "grad, default net": lambda: fbp.grad(params, xs, ys),
+        "plain jit, explicit net": lambda: plain_net(params, xs, ys),
+        # A second jit of the same function: its ratio to the first is this run's noise.
+        "plain jit, explicit net, again": lambda: plain_again(params, xs, ys),
+        "plain jit, default net": lambda: plain_default(params, xs, ys),
+        "jax.jit(jax.grad(loss)), default net": lambda: autodiff(params, xs, ys),
+    }
+    t = interleaved_medians(
+        contenders,
+        repeats=scale.repeats(full=61, quick=11),
+        warmup=2,
+        min_time=0.0 if scale.mode == "smoke" else 0.01,
+    )
+    row = dict(
+        sizes=sizes,
+        batch=batch,
+        net=repr(net),
+        seconds=t,
+        explicit_over_plain=t["grad, explicit net"] / t["plain jit, explicit net"],
+        default_over_plain=t["grad, default net"] / t["plain jit, default net"],
+        default_over_plain_explicit=t["grad, default net"] / t["plain jit, explicit net"],
+        noise=t["plain jit, explicit net, again"] / t["plain jit, explicit net"],
+        autodiff_over_plain=t["jax.jit(jax.grad(loss)), default net"] / t["plain jit, default net"],
+        target=1.05,
+    )
+    print(
+        f"direct call {sizes} batch {batch}: grad / plain jit: explicit net "
+        f"{row['explicit_over_plain']:.3f}, default net {row['default_over_plain']:.3f} "
+        f"(target 1.05), plain jit again / plain jit {row['noise']:.3f} (noise); "
+        + ", ".join(f"{k} {v * 1e6:.1f} us" for k, v in t.items()),
+        flush=True,
+    )
+    return row
+
+
+def case_per_example(scale):
     rows = []
-    for sizes, batch in sizes_list:
-        options = OPTIONS["sigmoid/quadratic"]
+    net = NETS["sigmoid/quadratic"]
+    for sizes, batch in scale.sizes[:3]:
         params, xs, ys = problem(sizes, batch)
-        one = lambda p, x, y: fbp.loss(p, x[None], y[None], **options)
+        one = lambda p, x, y: fbp.loss(p, x[None], y[None], net=net)
         autodiff = jax.jit(jax.vmap(jax.grad(one), in_axes=(None, 0, 0)))
         t = interleaved_medians(
             {
-                "manual": lambda: fbp.per_example_grads(params, xs, ys, **options),
+                "manual": lambda: per_example.per_example_grads(params, xs, ys, net=net),
                 "autodiff": lambda: autodiff(params, xs, ys),
             },
-            repeats=repeats_for(step_flops(sizes, batch) * 10, quick),
+            repeats=repeats_for(step_flops(sizes, batch) * 10, scale),
             warmup=1,
-            min_time=0.02,
+            min_time=scale.min_time,
         )
         rows.append(
             dict(
@@ -170,8 +280,8 @@ def network_py_epoch(biases, weights, xs, ys, eta, batch_size, rng):
     return biases, weights
 
 
-def case_epoch(quick, gemm_gflops):
-    sizes, batch, n = [784, 30, 10], 10, (5_000 if quick else 50_000)
+def case_epoch(scale, gemm_gflops):
+    sizes, batch, n, numpy_n = scale.epoch
     params, xs, ys = problem(sizes, n)
     key = jax.random.key(1)
 
@@ -180,31 +290,32 @@ def case_epoch(quick, gemm_gflops):
 
     @jax.jit
     def autodiff_epoch(key, params, xs, ys):
-        def step(p, xb, yb):
+        def step(step_key, p, xb, yb):
             g = jax.grad(autodiff_loss)(p, xb, yb)
             return jax.tree.map(lambda w, d: w - 3.0 * d, p, g)
 
-        return scan_epoch(key, params, xs, ys, step, batch_size=batch)
+        return training.scan_epoch(key, params, xs, ys, step, batch_size=batch)
 
     # network.py in NumPy (float64, as network.py computes), interleaved with the JAX
     # epochs; timed on the first numpy_n examples and scaled to the epoch.
     biases = [np.asarray(l.b, np.float64).reshape(-1, 1) for l in params]
     weights = [np.asarray(l.w, np.float64) for l in params]
-    numpy_n = 2_000 if quick else 10_000
     np_xs, np_ys = np.asarray(xs[:numpy_n], np.float64), np.asarray(ys[:numpy_n], np.float64)
     rng = np.random.default_rng(0)
     t = interleaved_medians(
         {
-            "manual": lambda: train_epoch(key, params, xs, ys, 3.0, batch_size=batch),
+            "manual": lambda: fbp.train_epoch(key, params, xs, ys, 3.0, batch_size=batch),
             "autodiff": lambda: autodiff_epoch(key, params, xs, ys),
             "numpy": lambda: network_py_epoch(biases, weights, np_xs, np_ys, 3.0, batch, rng),
         },
-        repeats=3 if quick else 5,
+        repeats=scale.repeats(full=5, quick=3),
         warmup=1,
     )
     numpy_s = t["numpy"] * n / numpy_n
     floor_s = step_flops(sizes, n) / (gemm_gflops * 1e9)
     row = dict(
+        sizes=sizes,
+        batch=batch,
         examples=n,
         manual_s=t["manual"],
         autodiff_s=t["autodiff"],
@@ -216,31 +327,36 @@ def case_epoch(quick, gemm_gflops):
         numpy_examples_timed=numpy_n,
     )
     print(
-        f"epoch [784, 30, 10] batch 10, {n} examples: manual {row['manual_s']:.3f} s, "
+        f"epoch {sizes} batch {batch}, {n} examples: manual {row['manual_s']:.3f} s, "
         f"jax.grad {row['autodiff_s']:.3f} s (ratio {row['ratio']:.2f}), network.py NumPy "
         f"{numpy_s:.2f} s (x{row['speedup_vs_numpy']:.1f}), FLOP floor {floor_s:.4f} s"
     )
     return row
 
 
-def case_many_runs(quick, gemm_gflops):
-    """R networks of [784, 30, 10] at batch 10 in one program (`train_epoch_many`) against
+def case_many_runs(scale, gemm_gflops):
+    """R networks in one program (`training.many(train_epoch, ...)`) against
     one run (`train_epoch`): throughput ratio R * t_1 / t_R, own shuffles and a shared one."""
-    sizes, batch, n = [784, 30, 10], 10, (5_000 if quick else 50_000)
+    sizes, batch, n, counts = scale.many_runs
     _, xs, ys = problem(sizes, n)
-    counts = (4, 8) if quick else (16, 64)
     key = jax.random.key(1)
-    one = fbp.init_mlp(jax.random.key(0), sizes)
-    contenders = {"1 run": lambda: train_epoch(key, one, xs, ys, 3.0, batch_size=batch)}
+    # Initialisers jitted: one program each, not one per random op.
+    one = jax.jit(fbp.init_mlp, static_argnums=1)(jax.random.key(0), tuple(sizes))
+    init_many = jax.jit(training.many(fbp.init_mlp, per_run=["key"]), static_argnums=1)
+    own = training.many(fbp.train_epoch, per_run=["key", "params", "learning_rate"])
+    shared = training.many(fbp.train_epoch, per_run=["params", "learning_rate"])
+    contenders = {"1 run": lambda: fbp.train_epoch(key, one, xs, ys, 3.0, batch_size=batch)}
     for r in counts:
         keys = jax.random.split(jax.random.key(2), r)
-        params = fbp.init_mlp_many(keys, sizes)
+        params = init_many(keys, tuple(sizes))
         etas = jnp.full((r,), 3.0)
-        for label, epoch_keys in (("own shuffles", keys), ("shared shuffle", key)):
-            contenders[f"{r} runs, {label}"] = lambda k=epoch_keys, p=params, e=etas: (
-                fbp.train_epoch_many(k, p, xs, ys, e, batch_size=batch)
-            )
-    t = interleaved_medians(contenders, repeats=3, warmup=1)
+        contenders[f"{r} runs, own shuffles"] = lambda k=keys, p=params, e=etas: own(
+            k, p, xs, ys, e, batch_size=batch
+        )
+        contenders[f"{r} runs, shared shuffle"] = lambda p=params, e=etas: shared(
+            key, p, xs, ys, e, batch_size=batch
+        )
+    t = interleaved_medians(contenders, repeats=scale.repeats(full=3, quick=3), warmup=1)
     floor = step_flops(sizes, n) / (gemm_gflops * 1e9)
     rows = []
     for name, seconds in t.items():
@@ -263,29 +379,31 @@ def case_many_runs(quick, gemm_gflops):
     return dict(sizes=sizes, batch=batch, examples=n, rows=rows)
 
 
-def case_feedback(quick):
-    """A step of each feedback rule against a bp step (`sgd_step`), and `alignment_angles`
-    against one `grad`, interleaved per network."""
-    cases = (
-        [([784, 100, 10], 64)] if quick else [([784, 1000, 10], 64), ([784, 1024, 1024, 10], 256)]
-    )
+def case_feedback(scale):
+    """A step of each feedback rule (`training.train_step` with `feedback.RuleGradient`)
+    against a bp step (`sgd_step`), and `alignment_angles` against one `grad`,
+    interleaved per network."""
+    optimizer = training.sgd(0.1)  # static in train_step: one object for every call
     rows = []
-    for sizes, batch in cases:
+    for sizes, batch in scale.feedback:
         params, xs, ys = problem(sizes, batch)
-        feedback = {r: fbp.init_feedback(jax.random.key(5), params, r) for r in ("fa", "dfa")}
-        feedback["sign"] = None
+        matrices = {
+            r: feedback.init_feedback(jax.random.key(5), params, r) for r in ("fa", "sign", "dfa")
+        }
         contenders = {
             "bp step (sgd_step)": lambda: fbp.sgd_step(params, xs, ys, 0.1),
             "grad": lambda: fbp.grad(params, xs, ys),
-            "alignment_angles (fa)": lambda: fbp.alignment_angles(
-                params, feedback["fa"], xs, ys, rule="fa"
+            "alignment_angles (fa)": lambda: feedback.alignment_angles(
+                params, matrices["fa"], xs, ys, rule="fa"
             ),
         }
         for rule in ("fa", "sign", "dfa"):
-            contenders[f"{rule} step"] = lambda r=rule: fbp.feedback_step(
-                params, feedback[r], xs, ys, 0.1, rule=r
+            state = feedback.FeedbackParams(params, matrices[rule])
+            step = (state, optimizer.init(state), feedback.RuleGradient(rule))
+            contenders[f"{rule} step"] = lambda s=step: training.train_step(
+                None, optimizer, s[0], s[1], xs, ys, gradient=s[2]
             )
-        t = interleaved_medians(contenders, repeats=3 if quick else 15, warmup=2)
+        t = interleaved_medians(contenders, repeats=scale.repeats(full=15, quick=3), warmup=2)
         row = dict(
             sizes=sizes,
             batch=batch,
@@ -305,34 +423,36 @@ def case_feedback(quick):
     return rows
 
 
-def _memory_mb(jitted, *args):
-    """Temporary plus output bytes of the compiled program (XLA's memory analysis)."""
+def _memory_mb(fn, *args):
+    """Temporary plus output bytes of the compiled program (XLA's memory analysis); a
+    jitted ``fn`` reuses the program its timing compiled, any other is jitted."""
+    jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
     stats = jitted.lower(*args).compile().memory_analysis()
     return (stats.temp_size_in_bytes + stats.output_size_in_bytes) / 2**20
 
 
-def case_per_example_norms(quick):
+def case_per_example_norms(scale):
     """Norms and clipping from the error terms vs materialised vmap(jax.grad)."""
-    sizes, batch = ([784, 100, 10], 64) if quick else ([784, 1024, 1024, 10], 256)
+    sizes, batch = scale.large
     params, xs, ys = problem(sizes, batch)
     clip = 1.0
     one = lambda p, x, y: fbp.loss(p, x[None], y[None])
-    per_example = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))
+    per_example_autodiff = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))
 
     def norms_of(g):
         return jnp.sqrt(sum(jnp.sum(l.reshape(batch, -1) ** 2, axis=1) for l in jax.tree.leaves(g)))
 
     def autodiff_norms(p, x, y):
-        return norms_of(per_example(p, x, y))
+        return norms_of(per_example_autodiff(p, x, y))
 
     def autodiff_clipped(p, x, y):
-        g = per_example(p, x, y)
+        g = per_example_autodiff(p, x, y)
         scale = jnp.minimum(1.0, clip / norms_of(g))
         return jax.tree.map(lambda l: jnp.tensordot(scale, l, axes=1) / batch, g)
 
     autodiff_norms, autodiff_clipped = jax.jit(autodiff_norms), jax.jit(autodiff_clipped)
-    norms_fn = lambda p, x, y: per_example_grad_norms(p, x, y).total
-    clipped_fn = lambda p, x, y: clipped_grad(p, x, y, clip)
+    norms_fn = lambda p, x, y: per_example.per_example_grad_norms(p, x, y).total
+    clipped_fn = lambda p, x, y: per_example.clipped_grad(p, x, y, clip)
     contenders = {
         "norms (error terms)": norms_fn,
         "norms (vmap(jax.grad))": autodiff_norms,
@@ -342,10 +462,10 @@ def case_per_example_norms(quick):
     }
     t = interleaved_medians(
         {k: (lambda f=f: f(params, xs, ys)) for k, f in contenders.items()},
-        repeats=3 if quick else 5,
+        repeats=scale.repeats(full=5, quick=3),
         warmup=1,
     )
-    memory = {k: _memory_mb(jax.jit(f), params, xs, ys) for k, f in contenders.items()}
+    memory = {k: _memory_mb(f, params, xs, ys) for k, f in contenders.items()}
     rows = [dict(name=k, seconds=t[k], memory_mb=memory[k]) for k in contenders]
     row = dict(
         sizes=sizes,
@@ -360,9 +480,6 @@ def case_per_example_norms(quick):
             f"{r['memory_mb']:.1f} MiB"
         )
     return row
-
-
-STATS_OPTIONS = dict(activation="relu", output_activation="softmax", cost="log_likelihood")
 
 
 def _chunked_mean(fn, xs, ys, chunk=16):
@@ -384,9 +501,8 @@ def _chunked_mean(fn, xs, ys, chunk=16):
 def _autodiff_statistics(params, xs, ys):
     """The same quantities from jax.vmap(jax.grad), jax.jacobian and jax.hessian."""
     n = xs.shape[0]
-    forward_kw = dict(activation="relu", output_activation="softmax")
-    per_example = jax.vmap(
-        jax.grad(lambda p, x, y: fbp.loss(p, x[None], y[None], **STATS_OPTIONS)),
+    per_example_autodiff = jax.vmap(
+        jax.grad(lambda p, x, y: fbp.loss(p, x[None], y[None], net=STATS_NET)),
         in_axes=(None, 0, 0),
     )
 
@@ -394,13 +510,13 @@ def _autodiff_statistics(params, xs, ys):
         return jnp.concatenate([leaf.reshape(n, -1) for leaf in jax.tree.leaves(g)], axis=1)
 
     def noise(p, x, y):
-        g = flat(per_example(p, x, y))
+        g = flat(per_example_autodiff(p, x, y))
         mean = jnp.mean(g, axis=0)
         trace = jnp.sum((g - mean) ** 2) / (n - 1)
         return trace / (jnp.sum(mean**2) - trace / n)
 
     def logits(p, x):
-        return fbp.forward(p, x, **forward_kw)[1].zs[-1]
+        return fbp.forward(p, x, net=STATS_NET)[1].zs[-1]
 
     def hessian_factor(z, y):
         return jnp.linalg.eigh(jax.hessian(lambda z: -jnp.sum(y * jax.nn.log_softmax(z)))(z))
@@ -416,10 +532,12 @@ def _autodiff_statistics(params, xs, ys):
         targets = jax.nn.one_hot(
             jax.random.categorical(jax.random.key(1), logits(p, x)), y.shape[-1], dtype=y.dtype
         )
-        return jax.tree.map(lambda g: jnp.sum(g**2, axis=0) / n, per_example(p, x, targets))
+        return jax.tree.map(
+            lambda g: jnp.sum(g**2, axis=0) / n, per_example_autodiff(p, x, targets)
+        )
 
     def kfac_one(x, y):
-        cache = fbp.forward(params, x, **forward_kw)[1]
+        cache = fbp.forward(params, x, net=STATS_NET)[1]
         lam, vectors = hessian_factor(cache.zs[-1], y)
         factors = []
         for l in range(len(params)):
@@ -437,12 +555,14 @@ def _autodiff_statistics(params, xs, ys):
 
     return {
         "sum_grad_squared": lambda p, x, y: jax.tree.map(
-            lambda g: jnp.sum(g**2, axis=0), per_example(p, x, y)
+            lambda g: jnp.sum(g**2, axis=0), per_example_autodiff(p, x, y)
         ),
         "grad_variance": lambda p, x, y: jax.tree.map(
-            lambda g: jnp.var(g, axis=0), per_example(p, x, y)
+            lambda g: jnp.var(g, axis=0), per_example_autodiff(p, x, y)
         ),
-        "batch_dot": lambda p, x, y: flat(per_example(p, x, y)) @ flat(per_example(p, x, y)).T,
+        "batch_dot": lambda p, x, y: (
+            flat(per_example_autodiff(p, x, y)) @ flat(per_example_autodiff(p, x, y)).T
+        ),
         "gradient_noise_scale": noise,
         "diag_ggn_mc (1 sample)": mc_one_sample,
         "diag_ggn": lambda p, x, y: _chunked_mean(diag_ggn_one, x, y),
@@ -450,40 +570,42 @@ def _autodiff_statistics(params, xs, ys):
     }
 
 
-def case_statistics(quick):
+def case_statistics(scale):
     """Gradient statistics and curvature from the error terms against one `grad`, and
     against the same quantities from autodiff."""
-    sizes, batch = ([784, 100, 10], 64) if quick else ([784, 1024, 1024, 10], 256)
+    sizes, batch = scale.large
     params, xs, ys = problem(sizes, batch)
-    kw = STATS_OPTIONS
+    net = STATS_NET
     library = {
-        "sum_grad_squared": lambda p, x, y: fbp.sum_grad_squared(p, x, y, **kw),
-        "grad_variance": lambda p, x, y: fbp.grad_variance(p, x, y, **kw),
-        "batch_dot": lambda p, x, y: fbp.batch_dot(p, x, y, **kw),
-        "gradient_noise_scale": lambda p, x, y: fbp.gradient_noise_scale(p, x, y, **kw),
-        "diag_ggn_mc (1 sample)": lambda p, x, y: fbp.diag_ggn_mc(jax.random.key(1), p, x, y, **kw),
-        "diag_ggn": lambda p, x, y: fbp.diag_ggn(p, x, y, **kw),
-        "kfac_factors": lambda p, x, y: fbp.kfac_factors(p, x, y, **kw),
+        "sum_grad_squared": lambda p, x, y: statistics.sum_grad_squared(p, x, y, net=net),
+        "grad_variance": lambda p, x, y: statistics.grad_variance(p, x, y, net=net),
+        "batch_dot": lambda p, x, y: statistics.batch_dot(p, x, y, net=net),
+        "gradient_noise_scale": lambda p, x, y: statistics.gradient_noise_scale(p, x, y, net=net),
+        "diag_ggn_mc (1 sample)": lambda p, x, y: curvature.diag_ggn_mc(
+            jax.random.key(1), p, x, y, net=net
+        ),
+        "diag_ggn": lambda p, x, y: curvature.diag_ggn(p, x, y, net=net),
+        "kfac_factors": lambda p, x, y: curvature.kfac_factors(p, x, y, net=net),
     }
     autodiff = {k: jax.jit(f) for k, f in _autodiff_statistics(params, xs, ys).items()}
-    contenders = {"grad": lambda p, x, y: fbp.grad(p, x, y, **kw)}
+    contenders = {"grad": lambda p, x, y: fbp.grad(p, x, y, net=net)}
     contenders.update({k: jax.jit(f) for k, f in library.items()})
     # Two groups: the autodiff references move gigabytes, which slows whatever runs next,
     # so the library is timed against `grad` among its own kind.
     t = interleaved_medians(
         {k: (lambda f=f: f(params, xs, ys)) for k, f in contenders.items()},
-        repeats=3 if quick else 9,
+        repeats=scale.repeats(full=9, quick=3),
         warmup=1,
     )
     t.update(
         interleaved_medians(
             {f"{k} (autodiff)": (lambda f=f: f(params, xs, ys)) for k, f in autodiff.items()},
-            repeats=3,
+            repeats=scale.repeats(full=3, quick=3),
             warmup=1,
         )
     )
     contenders.update({f"{k} (autodiff)": f for k, f in autodiff.items()})
-    memory = {k: _memory_mb(jax.jit(f), params, xs, ys) for k, f in contenders.items()}
+    memory = {k: _memory_mb(f, params, xs, ys) for k, f in contenders.items()}
     rows = []
     for name in library:
         rows.append(
@@ -507,9 +629,9 @@ def case_statistics(quick):
     return dict(sizes=sizes, batch=batch, grad_s=t["grad"], grad_mb=memory["grad"], rows=rows)
 
 
-def case_compile(sizes_list):
+def case_compile(scale):
     rows = []
-    for sizes, batch in sizes_list:
+    for sizes, batch in scale.sizes[:3]:
         params, xs, ys = problem(sizes, batch, seed=2)
         manual = fbp.grad.lower(params, xs, ys)
         autodiff = jax.jit(jax.grad(fbp.loss)).lower(params, xs, ys)
@@ -555,9 +677,32 @@ def markdown(result):
             f"{r['autodiff_s'] * 1e3:.3f} | {r['ratio']:.3f} | {r['manual_gflops']:.1f} | "
             f"{100 * r['manual_gflops'] / result['gemm_gflops']:.0f} % |"
         )
+    d = result["direct_call"]
+    s = d["seconds"]
     lines += [
         "",
-        "Per-example gradients, `per_example_grads` vs `jax.vmap(jax.grad(...))`:",
+        f"Direct call overhead, {d['sizes']}, batch {d['batch']}: `grad` called from Python "
+        "against a plain jitted function of the same computation (`jax.jit` of "
+        "`core.mean_value_and_grad`, no public wrapper), interleaved; the explicit net is "
+        f"`{d['net']}`, built once:",
+        "",
+        "| contender | µs per call | vs plain jit of its net | target |",
+        "| --- | --- | --- | --- |",
+        f"| (a) `grad(params, xs, ys, net=net)` | {s['grad, explicit net'] * 1e6:.1f} | "
+        f"{d['explicit_over_plain']:.3f} | {d['target']:.2f} |",
+        f"| (b) `grad(params, xs, ys)`, default net | {s['grad, default net'] * 1e6:.1f} | "
+        f"{d['default_over_plain']:.3f} | {d['target']:.2f} |",
+        f"| (c) plain jit, explicit net | {s['plain jit, explicit net'] * 1e6:.1f} | 1.000 | |",
+        f"| (c') plain jit, default net | {s['plain jit, default net'] * 1e6:.1f} | 1.000 | |",
+        f"| plain jit, explicit net, a second `jax.jit` (the run's noise) | "
+        f"{s['plain jit, explicit net, again'] * 1e6:.1f} | {d['noise']:.3f} | |",
+        f"| (d) `jax.jit(jax.grad(loss))`, default net | "
+        f"{s['jax.jit(jax.grad(loss)), default net'] * 1e6:.1f} | "
+        f"{d['autodiff_over_plain']:.3f} | |",
+    ]
+    lines += [
+        "",
+        "Per-example gradients, `per_example.per_example_grads` vs `jax.vmap(jax.grad(...))`:",
         "",
         "| sizes | batch | manual ms | vmap(jax.grad) ms | ratio |",
         "| --- | --- | --- | --- | --- |",
@@ -570,7 +715,7 @@ def markdown(result):
     e = result["epoch"]
     lines += [
         "",
-        f"One training epoch, [784, 30, 10], batch 10, {e['examples']} examples, eta 3.0:",
+        f"One training epoch, {e['sizes']}, batch {e['batch']}, {e['examples']} examples, eta 3.0:",
         "",
         "| contender | seconds | vs library |",
         "| --- | --- | --- |",
@@ -609,7 +754,7 @@ def markdown(result):
     lines += [
         "",
         f"Many runs in one program, {mr['sizes']}, batch {mr['batch']}, {mr['examples']} "
-        "examples per epoch (`train_epoch_many` against `train_epoch`):",
+        "examples per epoch (`training.many(train_epoch, per_run=...)` against `train_epoch`):",
         "",
         "| runs | s per epoch | throughput vs one run | x FLOP floor |",
         "| --- | --- | --- | --- |",
@@ -620,8 +765,9 @@ def markdown(result):
         )
     lines += [
         "",
-        "Feedback rules: a step of each rule against a backprop step (`sgd_step`), and "
-        "`alignment_angles` against one `grad`:",
+        "Feedback rules: a step of each rule (`training.train_step` with "
+        "`feedback.RuleGradient`, `training.sgd`) against a backprop step (`sgd_step`), and "
+        "`feedback.alignment_angles` against one `grad`:",
         "",
         "| sizes | batch | fa / bp | sign / bp | dfa / bp | alignment_angles / grad |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -671,19 +817,59 @@ def plot(result, path):
     plt.close(fig)
 
 
-def main(argv=None):
+CASES = (
+    "compile",
+    "mean_gradient",
+    "direct_call",
+    "per_example",
+    "epoch",
+    "per_example_norms",
+    "statistics",
+    "many_runs",
+    "feedback",
+)
+
+
+def make_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
-    parser.add_argument("--out", default="results/bench", help="output path without suffix")
-    args = parser.parse_args(argv)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    mode.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, one repeat: that every case runs"
+    )
+    parser.add_argument("--out", default="bench-results/bench", help="output path without suffix")
+    parser.add_argument(
+        "--only", nargs="+", choices=CASES, help="run these cases alone (no tables are written)"
+    )
+    return parser
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
+    scale = SMOKE if args.smoke else QUICK if args.quick else FULL
+    gemm = gemm_rate(scale.gemm_n)
+    print(f"GEMM rate: {gemm:.1f} GFLOP/s", flush=True)
+    cases = {
+        # First, while nothing of these shapes is in the compilation cache.
+        "compile": lambda: case_compile(scale),
+        "mean_gradient": lambda: case_mean_gradient(scale),
+        "direct_call": lambda: case_direct_call(scale),
+        "per_example": lambda: case_per_example(scale),
+        "epoch": lambda: case_epoch(scale, gemm),
+        "per_example_norms": lambda: case_per_example_norms(scale),
+        "statistics": lambda: case_statistics(scale),
+        "many_runs": lambda: case_many_runs(scale, gemm),
+        "feedback": lambda: case_feedback(scale),
+    }
+    if args.only:
+        for name in args.only:
+            cases[name]()
+        return 0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    sizes_list = QUICK_SIZES if args.quick else SIZES
-    gemm_n = 1024 if args.quick else 4096
-    gemm = gemm_rate(gemm_n)
-    print(f"GEMM rate: {gemm:.1f} GFLOP/s", flush=True)
     result = dict(
-        command="python scripts/bench.py" + (" --quick" if args.quick else ""),
+        command="python scripts/bench.py"
+        + {"full": "", "quick": " --quick", "smoke": " --smoke"}[scale.mode],
         machine=dict(
             cpu=platform.processor() or platform.machine(),
             cores=os.cpu_count(),
@@ -692,18 +878,10 @@ def main(argv=None):
             backend=jax.default_backend(),
             device=str(jax.devices()[0].device_kind),
         ),
-        gemm_n=gemm_n,
+        gemm_n=scale.gemm_n,
         gemm_gflops=gemm,
-        # First, while nothing of these shapes is in the compilation cache.
-        compile=case_compile(sizes_list[:3]),
-        mean_gradient=case_mean_gradient(sizes_list, args.quick),
-        per_example=case_per_example(sizes_list[:3], args.quick),
-        epoch=case_epoch(args.quick, gemm),
-        per_example_norms=case_per_example_norms(args.quick),
-        statistics=case_statistics(args.quick),
-        many_runs=case_many_runs(args.quick, gemm),
-        feedback=case_feedback(args.quick),
     )
+    result.update({name: run() for name, run in cases.items()})
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     out.with_suffix(".md").write_text(markdown(result))
     plot(result, out.with_suffix(".png"))

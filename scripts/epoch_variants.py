@@ -8,7 +8,7 @@ at batch 10, their compiled op count per step and their time, side by side in on
   library's way before issue 12);
 - folded bias: w and b as one augmented matrix [w | b], inputs with a trailing 1, so the
   bias update is part of the weight gradient's product.
-Writes results/epoch_variants.md.
+Writes bench-results/epoch_variants.md under the current directory (``--out`` to change).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import functional_bp as fbp
+from functional_bp.timing import interleaved_medians
 
 SIZES, BATCH, ETA, UNROLL = [784, 30, 10], 10, 3.0, 4
 
@@ -72,13 +73,13 @@ def ops_per_step(lowered, steps_per_iteration: int, trip_count: int) -> tuple[fl
 def gemm_rate(n=2048):
     a = jax.random.normal(jax.random.key(0), (n, n))
     matmul = jax.jit(lambda a: a @ a)
-    return 2 * n**3 / fbp.interleaved_medians({"g": lambda: matmul(a)}, repeats=5)["g"] / 1e9
+    return 2 * n**3 / interleaved_medians({"g": lambda: matmul(a)}, repeats=5)["g"] / 1e9
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=50_000)
-    parser.add_argument("--out", default="results/epoch_variants.md")
+    parser.add_argument("--out", default="bench-results/epoch_variants.md")
     args = parser.parse_args(argv)
     n = args.examples - args.examples % (BATCH * UNROLL)
     key = jax.random.key(1)
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
         name: ops_per_step(f.lower(key, params, xs, ys), UNROLL, trip) for name, f in jitted.items()
     }
     gemm = gemm_rate()
-    times = fbp.interleaved_medians(
+    times = interleaved_medians(
         {name: (lambda f=f: f(key, params, xs, ys)) for name, f in jitted.items()},
         repeats=7,
         warmup=1,
