@@ -30,4 +30,4 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check functional_bp tests scripts
 
 clean:
-	rm -rf $(VENV) out functional_bp-demo site
+	rm -rf $(VENV) out bench-results functional_bp-demo site
