@@ -35,6 +35,7 @@ from functional_bp._validation import (
     optional_non_negative,
     positive,
 )
+from functional_bp.core import MeanGradient
 from functional_bp.network import Network
 from functional_bp.params import Layer, Params
 
@@ -52,7 +53,6 @@ __all__ = [
     "weights_only",
 ]
 
-MeanGradient = core.MeanGradient
 
 _UNROLL = 4
 
@@ -73,6 +73,9 @@ def sgd(learning_rate, weight_decay: Optional[float] = None) -> optax.GradientTr
     """network.py's update, w <- w - eta g (`optax.sgd`); with ``weight_decay``,
     network2.py's L2 form w <- (1 - eta wd) w - eta g with wd = lmbda / n, biases not
     decayed (`optax.add_decayed_weights` on `weights_only`, then `optax.sgd`)."""
+    if not callable(learning_rate):  # an optax schedule is the caller's to check
+        positive(learning_rate, "learning_rate")
+    optional_non_negative(weight_decay, "weight_decay")
     if weight_decay is None:
         return optax.sgd(learning_rate)
     return optax.chain(

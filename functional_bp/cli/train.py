@@ -1,0 +1,294 @@
+"""``functional_bp train``: train on digits or MNIST with the hand-written gradients; one
+run, or every seed and learning rate at once in one program."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NamedTuple, Optional
+
+import jax
+import numpy as np
+
+from functional_bp import plots, runs
+from functional_bp.cli import common
+
+DESCRIPTION = """Train on digits or MNIST with the hand-written gradients (functional_bp.runs).
+Several --seeds or --learning-rate values train every (seed, learning rate) in one
+program and report each learning rate's mean +- std. Every combination of --rule,
+--optimizer, several runs and --track trains, except --optimizer diag_ggn with a --rule
+(its curvature is of the network's own params); several processes train --optimizer sgd
+--rule bp alone. What cannot train is refused before any data is loaded (exit 2). Ctrl-C
+writes the history of the finished epochs and exits 130."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds the ``train`` subcommand."""
+    parser = subparsers.add_parser(
+        "train", help="train with the hand-written gradients", description=DESCRIPTION
+    )
+    common.add_data_options(parser)
+    parser.add_argument(
+        "--eval-on",
+        choices=["test", "validation"],
+        default="test",
+        help="MNIST: evaluate on the test or the validation set",
+    )
+    common.add_network_options(parser, None)
+    parser.add_argument("--epochs", type=common.count, default=30)
+    parser.add_argument("--batch-size", type=common.count, default=10)
+    parser.add_argument(
+        "--learning-rate",
+        "--eta",
+        type=common.learning_rates,
+        default=[3.0],
+        help="learning rate eta, or a list (0.5,1,3): every (seed, eta) trains in one program",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=common.seeds,
+        default=None,
+        help="several seeds (0-7 or 0,3,5), trained at once in one program; default --seed",
+    )
+    parser.add_argument(
+        "--shared-shuffle",
+        action="store_true",
+        help="with several runs: one mini-batch order for all (faster; seeds then vary "
+        "the initial weights only)",
+    )
+    cluster = parser.add_argument_group(
+        "several processes (jax.distributed): data-parallel SGD of one run, process 0 writes"
+    )
+    cluster.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+    cluster.add_argument("--num-processes", type=common.count, default=None)
+    cluster.add_argument("--process-id", type=common.seed, default=None)
+    cluster.add_argument(
+        "--distributed",
+        action="store_true",
+        help="jax.distributed.initialize() with the cluster's own detection (SLURM, ...)",
+    )
+    parser.add_argument(
+        "--lmbda",
+        type=common.non_negative,
+        default=0.0,
+        help="network2.py's L2 lambda: weight decay lmbda/n (n: training examples), and "
+        "lmbda/(2n) sum w^2 in the reported costs; any optimizer",
+    )
+    parser.add_argument(
+        "--weight-decay",
+        type=common.non_negative,
+        default=0.0,
+        help="the per-step decay wd, w <- w - eta (g + wd w), not in the reported costs; "
+        "under --rule kp also the decay of B. Not with --lmbda",
+    )
+    parser.add_argument("--optimizer", choices=list(runs.OPTIMIZERS), default="sgd")
+    parser.add_argument(
+        "--damping", type=common.positive, default=0.1, help="diag_ggn: added to the curvature"
+    )
+    parser.add_argument(
+        "--ggn-decay",
+        type=common.unit_interval,
+        default=0.9,
+        help="diag_ggn: decay of the curvature's running average, in [0, 1)",
+    )
+    parser.add_argument(
+        "--rule",
+        choices=list(runs.RULES),
+        default="bp",
+        help="the backward pass: backprop, feedback alignment, direct feedback alignment, "
+        "sign symmetry or Kolen-Pollack (records the alignment angles per epoch)",
+    )
+    parser.add_argument(
+        "--feedback-scale",
+        type=common.positive,
+        default=None,
+        help="fa, dfa, kp: the std of the random B (default 1/sqrt(n_l))",
+    )
+    parser.add_argument(
+        "--track",
+        choices=list(runs.TRACKS),
+        action="append",
+        default=[],
+        help="also record per epoch (and before training): the gradient noise scale "
+        "B_simple (McCandlish et al.), or the per-layer gradient norms; repeatable",
+    )
+    parser.add_argument(
+        "--track-examples",
+        type=common.count,
+        default=5000,
+        help="training examples the tracked statistics use (default 5000)",
+    )
+    parser.add_argument(
+        "--save",
+        default=None,
+        help="write the params to this .npz; with several runs one file per run, "
+        "NAME-seed{S}-lr{ETA}.npz, except runs that diverged",
+    )
+    parser.add_argument(
+        "--plot", default=None, help="write a figure of cost and accuracy (.png, .pdf, .svg, ...)"
+    )
+    parser.add_argument("--json", default=None, help="write the per-epoch history as JSON")
+    parser.add_argument("--float64", action="store_true", help="train in float64, as network.py")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+def config_from(args: argparse.Namespace) -> runs.Config:
+    """The `runs.Config` the options describe."""
+    return runs.Config(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        download=args.download,
+        eval_on=args.eval_on,
+        sizes=None if args.sizes is None else tuple(args.sizes),
+        activation=args.activation,
+        output_activation=args.output_activation,
+        cost=args.cost,
+        init=args.init,
+        seeds=tuple(args.seeds or [args.seed]),
+        learning_rates=tuple(args.learning_rate),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        shared_shuffle=args.shared_shuffle,
+        optimizer=args.optimizer,
+        lmbda=args.lmbda,
+        weight_decay=args.weight_decay,
+        damping=args.damping,
+        ggn_decay=args.ggn_decay,
+        rule=args.rule,
+        feedback_scale=args.feedback_scale,
+        track=tuple(dict.fromkeys(args.track)),
+        track_examples=args.track_examples,
+        float64=args.float64,
+    )
+
+
+class Outputs(NamedTuple):
+    """Where a training job writes (None: not written)."""
+
+    json: Optional[str] = None
+    plot: Optional[str] = None
+    save: Optional[str] = None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Checks everything, loads the data, trains, reports and writes."""
+    common.use_float64(args.float64)
+    config = config_from(args)
+    outputs = Outputs(args.json, args.plot, args.save)
+    runs.check(config)
+    if jax.process_index() == 0:  # the one process that writes
+        common.check_outputs(**outputs._asdict())
+    return train(config, runs.load(config), outputs, no_progress=args.no_progress)[0]
+
+
+def train(
+    config: runs.Config, data: runs.Data, outputs: Outputs, *, no_progress: bool = False
+) -> tuple[int, Optional[dict]]:
+    """Trains with a progress bar, prints the summary, writes the outputs; returns the
+    exit status and the record (None if interrupted)."""
+    many = len(config.runs) > 1
+    if jax.process_count() > 1:
+        print(f"data-parallel over {jax.process_count()} processes, {jax.device_count()} devices")
+    if many:
+        print(
+            f"{len(config.runs)} runs in one program: seeds {list(config.seeds)} x learning "
+            f"rate {list(config.learning_rates)}"
+        )
+    bar = common.progress_bar(config.epochs, desc="training", disable=no_progress)
+    try:
+        result = runs.train(config, data, on_epoch=_reporter(config, data, bar))
+    except runs.Interrupted as stop:
+        bar.close()
+        done = len(runs.per_run(stop.result.record)[0]["history"])
+        written = _write(config, stop.result, outputs._replace(save=None), announce=False)
+        where = f"; history written to {', '.join(written)}" if written else ""
+        print(f"interrupted after {done} of {config.epochs} epochs{where}", file=sys.stderr)
+        return 130, None
+    bar.close()
+    record = result.record
+    if many:
+        _print_sweep(record)
+    elif record["history"] and not record["diverged"]:
+        print(
+            f"{config.dataset} {record['eval_set']} accuracy: final "
+            f"{record['final_accuracy']:.2%}, peak {record['peak_accuracy']:.2%} (epoch "
+            f"{record['peak_epoch']}); training {record['median_train_seconds_per_epoch']:.3f} "
+            "s per epoch (median, epochs 2+), first epoch with compilation "
+            f"{record['first_epoch_seconds']:.2f} s"
+        )
+    failed = all(run["diverged"] for run in runs.per_run(record))
+    # The history first: if the params cannot be written, the run is still on record.
+    _write(config, result, outputs if not failed else outputs._replace(save=None))
+    if failed:
+        reason = "every run diverged; try a smaller learning rate" if many else record["diverged"]
+        print(f"error: {reason}", file=sys.stderr)
+        return 1, record
+    return 0, record
+
+
+def _reporter(config: runs.Config, data: runs.Data, bar):
+    """``on_epoch``: network.py's line per epoch (for several runs, the mean and best),
+    and each run that diverges, as it does."""
+    n_eval, reported = data.eval_xs.shape[0], set()
+
+    def on_epoch(epoch: runs.Epoch) -> None:
+        bar.update(1)
+        for r in sorted(set(epoch.diverged) - reported):
+            reported.add(r)
+            if len(epoch.rows) > 1:
+                seed, lr = config.runs[r]
+                common.write_line(f"run seed {seed} learning rate {lr:g}: {epoch.diverged[r]}")
+        alive = [row for r, row in enumerate(epoch.rows) if r not in epoch.diverged]
+        if not alive:
+            return
+        accuracies = [row["eval_accuracy"] for row in alive]
+        if len(epoch.rows) == 1:
+            correct = round(accuracies[0] * n_eval)
+            common.write_line(f"Epoch {epoch.epoch - 1}: {correct} / {n_eval}")
+            bar.set_postfix(acc=f"{accuracies[0]:.4f}", cost=f"{alive[0]['eval_cost']:.4f}")
+        else:
+            common.write_line(
+                f"Epoch {epoch.epoch - 1}: {data.eval_name} accuracy mean "
+                f"{np.mean(accuracies):.2%}, best {max(accuracies):.2%} over {len(alive)} "
+                f"runs ({epoch.seconds:.2f} s)"
+            )
+
+    return on_epoch
+
+
+def _print_sweep(record: dict) -> None:
+    """Each run, then per learning rate the mean +- std and best accuracies."""
+    print(f"{'seed':>5} {'eta':>7} {'final':>8} {'peak':>8} (epoch)")
+    for run in record["runs"]:
+        note = "  diverged" if run["diverged"] else ""
+        print(
+            f"{run['seed']:>5} {run['learning_rate']:>7g} {run['final_accuracy']:>8.2%} "
+            f"{run['peak_accuracy']:>8.2%} ({run['peak_epoch']}){note}"
+        )
+    for row in record["summary"]:
+        print(
+            f"learning rate {row['learning_rate']:g}, {row['runs']} runs: {record['eval_set']} "
+            f"accuracy final {row['final_mean']:.2%} ± {row['final_std']:.2%} (best "
+            f"{row['final_best']:.2%}), peak mean {row['peak_mean']:.2%} (best "
+            f"{row['peak_best']:.2%})"
+        )
+
+
+def _write(
+    config: runs.Config, result: runs.Result, outputs: Outputs, *, announce: bool = True
+) -> list[str]:
+    """Writes what ``outputs`` names (process 0 only); returns the paths written."""
+    if jax.process_index() > 0:
+        return []
+    record, written = result.record, []
+    if outputs.json:
+        written.append(("history", runs.write_json(outputs.json, record)))
+    if outputs.plot and runs.per_run(record)[0]["history"]:
+        title = f"{config.dataset} {config.layer_sizes}"
+        written.append(("plot", plots.training(record, outputs.plot, title=title)))
+    if outputs.save:
+        written += [("params", path) for path in runs.save_params(outputs.save, result, config)]
+    for what, path in written if announce else ():
+        print(f"{what} written to {path}")
+    return [str(path) for _, path in written]

@@ -1,0 +1,319 @@
+"""What a training run is: its `Config`, the checks that refuse impossible ones before any
+data is loaded, the optimizer it trains with, and the data it trains on."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from functional_bp import curvature, data, feedback, training
+from functional_bp._files import check_writable
+from functional_bp.network import Network
+from functional_bp.params import INITS
+
+__all__ = [
+    "DATASETS",
+    "OPTIMIZERS",
+    "RULES",
+    "TRACKS",
+    "Config",
+    "Data",
+    "check",
+    "check_outputs",
+    "load",
+    "optimizer",
+]
+
+# Each data set's input size; every one has 10 classes.
+DATASETS = {"digits": 64, "mnist": 784}
+NUM_CLASSES = 10
+
+# The optax optimizers by name, each a factory of the learning rate alone.
+_OPTAX = {
+    "sgd": optax.sgd,
+    "momentum": functools.partial(optax.sgd, momentum=0.9),
+    "nesterov": functools.partial(optax.sgd, momentum=0.9, nesterov=True),
+    "adam": optax.adam,
+    "adamw": optax.adamw,
+    "rmsprop": optax.rmsprop,
+}
+# diag_ggn: diagonal Gauss-Newton descent (`curvature.diag_ggn_descent`).
+OPTIMIZERS = (*_OPTAX, "diag_ggn")
+RULES = ("bp", *feedback.RULES)
+TRACKS = ("noise-scale", "layer-norms")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One training job: one run, or every (seed, learning rate) pair trained at once.
+
+    Attributes:
+      dataset: "digits" (scikit-learn's 8x8, bundled) or "mnist".
+      data_dir: the MNIST directory (None: ``$FUNCTIONAL_BP_MNIST`` or the cache).
+      download: download MNIST if it is missing.
+      eval_on: "test" or "validation" (MNIST only: digits has a test set alone).
+      sizes: layer sizes, input first; None for the data set's default [n_in, 30, 10].
+      activation, output_activation, cost: the `Network`'s.
+      init: "normal" (network.py) or "scaled_normal" (network2.py).
+      seeds: one run per seed and learning rate; seed s draws the initial weights and
+        the shuffles from ``jax.random.key(s)`` and a rule's B from ``key(s + 10**6)``.
+      learning_rates: eta, one or several.
+      epochs, batch_size: as in network.py.
+      shared_shuffle: with several runs, one mini-batch order for all (the first run's).
+      optimizer: one of `OPTIMIZERS`.
+      lmbda: network2.py's L2 lambda: weight decay lmbda / n (n: training-set size), and
+        the L2 term lmbda / (2 n) sum w^2 in the costs measured on a set of n examples.
+      weight_decay: the per-step decay wd of the weights, w <- w - eta (g + wd w), not
+        added to the costs; and, under rule "kp", the decay of B.
+      damping, ggn_decay: the diag_ggn optimizer's.
+      rule: "bp" (backprop) or a learning rule of `functional_bp.feedback`.
+      feedback_scale: the std of a rule's random B (None: 1/sqrt(n_l)).
+      track: also record per epoch: "noise-scale" (`statistics.gradient_noise_scale`),
+        "layer-norms" (`diagnostics.layer_gradient_norms`). A rule records its
+        `feedback.alignment_angles` always.
+      track_examples: the first this many training examples are what tracking uses.
+      float64: train in float64 (needs ``jax_enable_x64``).
+    """
+
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    download: bool = False
+    eval_on: str = "test"
+    sizes: Optional[tuple[int, ...]] = None
+    activation: str = "sigmoid"
+    output_activation: Optional[str] = None
+    cost: str = "quadratic"
+    init: str = "normal"
+    seeds: tuple[int, ...] = (0,)
+    learning_rates: tuple[float, ...] = (3.0,)
+    epochs: int = 30
+    batch_size: int = 10
+    shared_shuffle: bool = False
+    optimizer: str = "sgd"
+    lmbda: float = 0.0
+    weight_decay: float = 0.0
+    damping: float = 0.1
+    ggn_decay: float = 0.9
+    rule: str = "bp"
+    feedback_scale: Optional[float] = None
+    track: tuple[str, ...] = ()
+    track_examples: int = 5000
+    float64: bool = False
+
+    @property
+    def layer_sizes(self) -> list[int]:
+        """``sizes``, or the data set's default [n_in, 30, 10]."""
+        if self.sizes is None:
+            return [DATASETS.get(self.dataset, 0), 30, NUM_CLASSES]
+        return list(self.sizes)
+
+    @property
+    def net(self) -> Network:
+        return Network(self.activation, self.output_activation, self.cost)
+
+    @property
+    def dtype(self):
+        return jnp.float64 if self.float64 else jnp.float32
+
+    @property
+    def runs(self) -> list[tuple[int, float]]:
+        """Every (seed, learning rate), learning rate by learning rate."""
+        return [(seed, lr) for lr in self.learning_rates for seed in self.seeds]
+
+    def weight_decays(self, num_examples: int) -> Optional[float]:
+        """The per-step decay of the weights for a training set of ``num_examples``."""
+        decay = self.lmbda / num_examples if self.lmbda else self.weight_decay
+        return decay or None
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _one_of(value, name: str, choices) -> None:
+    _require(value in choices, f"Unknown {name} {value!r}; expected one of {list(choices)}")
+
+
+def _numbers(config: Config) -> None:
+    for name in ("epochs", "batch_size", "track_examples"):
+        value = getattr(config, name)
+        _require(
+            isinstance(value, int) and value >= 1, f"Expected {name} >= 1, got {value!r} instead"
+        )
+    lrs, seeds = config.learning_rates, config.seeds
+    _require(
+        len(lrs) > 0 and all(math.isfinite(lr) and lr > 0 for lr in lrs),
+        f"Expected finite learning rates > 0, got {lrs}",
+    )
+    _require(len(set(lrs)) == len(lrs), f"Expected distinct learning rates, got {lrs}")
+    _require(
+        len(seeds) > 0 and min(seeds) >= 0 and len(set(seeds)) == len(seeds),
+        f"Expected distinct seeds >= 0, got {seeds}",
+    )
+    for name in ("lmbda", "weight_decay", "damping"):
+        value = getattr(config, name)
+        _require(math.isfinite(value) and value >= 0, f"Expected {name} >= 0, got {value}")
+    _require(config.damping > 0, f"Expected damping > 0, got {config.damping}")
+    _require(0 <= config.ggn_decay < 1, f"Expected ggn_decay in [0, 1), got {config.ggn_decay}")
+
+
+def check(config: Config) -> None:
+    """Refuses, with the reason, a config that cannot train, before any data is loaded.
+
+    Raises:
+      ValueError: unknown names, out-of-range numbers, sizes that do not fit the data
+        set, a cost the output activation cannot feed, or a combination that has no
+        meaning (named in the message).
+    """
+    _one_of(config.dataset, "dataset", DATASETS)
+    _one_of(config.eval_on, "eval_on", ("test", "validation"))
+    _one_of(config.init, "init", INITS)
+    _one_of(config.optimizer, "optimizer", OPTIMIZERS)
+    _one_of(config.rule, "rule", RULES)
+    for name in config.track:
+        _one_of(name, "track", TRACKS)
+    _numbers(config)
+    config.net  # noqa: B018 (builds the Network: an incompatible cost raises here)
+    sizes, n_in = config.layer_sizes, DATASETS[config.dataset]
+    _require(
+        len(sizes) >= 2 and min(sizes) >= 1 and sizes[0] == n_in and sizes[-1] == NUM_CLASSES,
+        f"sizes {','.join(map(str, sizes))} does not fit {config.dataset}: it needs "
+        f"{n_in} inputs and {NUM_CLASSES} outputs",
+    )
+    _require(
+        config.eval_on == "test" or config.dataset == "mnist",
+        f"{config.dataset} has no validation set: eval_on validation is for mnist",
+    )
+    _require(
+        not (config.lmbda and config.weight_decay),
+        "lmbda and weight_decay are one L2 decay in two forms (weight_decay = lmbda / n): give one",
+    )
+    _require(
+        not (config.rule != "bp" and config.optimizer == "diag_ggn"),
+        f"optimizer diag_ggn cannot train rule {config.rule}: it divides by the Gauss-Newton "
+        "diagonal of the network's own params, and a rule's update is not their gradient "
+        "(use sgd, momentum, adam, ... with a rule)",
+    )
+    _require(
+        config.feedback_scale is None or config.rule in ("fa", "dfa", "kp"),
+        f"feedback_scale sets the std of a rule's random B; rule {config.rule} has none",
+    )
+    _require(
+        config.feedback_scale is None or config.feedback_scale > 0,
+        f"Expected feedback_scale > 0, got {config.feedback_scale}",
+    )
+    _require(
+        "noise-scale" not in config.track or config.track_examples >= 2,
+        "the noise scale is a variance over examples: track_examples must be >= 2",
+    )
+    _require(
+        not config.float64 or jax.config.jax_enable_x64,
+        'float64 needs jax.config.update("jax_enable_x64", True) first',
+    )
+    if jax.process_count() > 1:
+        _processes(config)
+
+
+def _processes(config: Config) -> None:
+    """Several processes (jax.distributed) train one run of data-parallel SGD."""
+    _require(
+        config.optimizer == "sgd" and config.rule == "bp",
+        f"several processes train with optimizer sgd and rule bp only (data-parallel SGD), "
+        f"not optimizer {config.optimizer} with rule {config.rule}",
+    )
+    _require(
+        len(config.runs) == 1,
+        f"several processes train one run, not {len(config.runs)}: give one seed and one "
+        "learning rate",
+    )
+    devices = jax.device_count()
+    _require(
+        config.batch_size % devices == 0,
+        f"a mini-batch of {config.batch_size} does not divide across the {devices} devices "
+        "of the processes",
+    )
+
+
+def optimizer(
+    config: Config, learning_rate, weight_decay: Optional[float] = None
+) -> optax.GradientTransformation:
+    """The config's optimizer with the learning rate in its state
+    (`optax.inject_hyperparams`), so that the runs of one program can each have their
+    own; with ``weight_decay`` (`Config.weight_decays`), `optax.add_decayed_weights` on
+    the weights goes before it, as in `training.sgd`.
+
+    Make it once per training job: `training.epoch` compiles once per optimizer object.
+    """
+    if config.optimizer == "diag_ggn":
+        # Damping and decay are checked in Python: static, not in the state.
+        factory = optax.inject_hyperparams(
+            curvature.diag_ggn_descent, static_args=("damping", "decay")
+        )
+        update = factory(
+            learning_rate=learning_rate, damping=config.damping, decay=config.ggn_decay
+        )
+    else:
+        update = optax.inject_hyperparams(_OPTAX[config.optimizer])(learning_rate=learning_rate)
+    if weight_decay:
+        decay = optax.add_decayed_weights(weight_decay, mask=training.weights_only)
+        update = optax.chain(decay, update)
+    if config.optimizer == "diag_ggn":  # so that the step passes it diag_ggn=
+        return curvature.CurvatureTransformation(*update)
+    return update
+
+
+class Data(NamedTuple):
+    """The training and evaluation sets as the library takes them."""
+
+    xs: jax.Array
+    ys: jax.Array
+    labels: np.ndarray
+    eval_xs: jax.Array
+    eval_ys: jax.Array
+    eval_labels: np.ndarray
+    eval_name: str
+
+
+def load(config: Config) -> Data:
+    """The config's data set in its dtype, targets one-hot."""
+    if config.dataset == "digits":
+        train, evaluation = data.load_digits()
+        name = "test"
+    else:
+        train, validation, test = data.load_mnist(config.data_dir, download=config.download)
+        name = config.eval_on
+        evaluation = validation if name == "validation" else test
+    xs, ys = (jnp.asarray(a, config.dtype) for a in (train.x, data.one_hot(train.y)))
+    eval_xs, eval_ys = (
+        jnp.asarray(a, config.dtype) for a in (evaluation.x, data.one_hot(evaluation.y))
+    )
+    return Data(xs, ys, train.y, eval_xs, eval_ys, evaluation.y, name)
+
+
+def check_outputs(**paths: Optional[str]) -> None:
+    """Before any work: every output path given can be written and no two name the same
+    file (`plots.figure_format` checks a figure's suffix).
+
+    Raises:
+      ValueError: naming the option and the reason.
+    """
+    given = {option: path for option, path in paths.items() if path is not None}
+    for option, path in given.items():
+        try:
+            check_writable(path, f"--{option}")
+        except OSError as error:
+            raise ValueError(str(error)) from None
+    resolved = [Path(path).resolve() for path in given.values()]
+    _require(len(set(resolved)) == len(resolved), f"two outputs name the same file: {given}")
