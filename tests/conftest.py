@@ -33,9 +33,28 @@ def combo_id(combo):
     return f"{act}-{out or act}-{cost}"
 
 
-def options(combo):
+# The quick tier (`pytest -m "not slow"`, `make check`) runs a suite on these combos
+# only: network.py's, network3.py's softmax and network2.py's cross-entropy.
+QUICK_COMBOS = (
+    ("sigmoid", None, "quadratic"),
+    ("tanh", "softmax", "log_likelihood"),
+    ("relu", "sigmoid", "cross_entropy"),
+)
+
+
+def combo_params(combos, quick=QUICK_COMBOS):
+    """pytest parameters for ``combos``: those in ``quick`` in the quick tier, the others
+    marked slow (the whole suite runs them all)."""
+    return [
+        pytest.param(combo, id=combo_id(combo), marks=() if combo in quick else pytest.mark.slow)
+        for combo in combos
+    ]
+
+
+def network(combo):
+    """The `Network` of a (hidden activation, output activation, cost) combo."""
     act, out, cost = combo
-    return dict(activation=act, output_activation=out, cost=cost)
+    return fbp.Network(activation=act, output_activation=out, cost=cost)
 
 
 # User objects whose derivatives reduce over the neurons of one example: the batched
@@ -83,7 +102,7 @@ def random_problem(seed, dtype=np.float64, batch=None, sizes=None, cost="quadrat
         )
         for n_in, n_out in zip(sizes[:-1], sizes[1:])
     ]
-    params = jax.tree.map(jax.numpy.asarray, params)
+    params = jax.device_put(params)  # (jnp.asarray would compile a small program per shape)
     xs = rng.normal(size=(batch, sizes[0])).astype(dtype)
     ys = rng.uniform(0.05, 0.95, size=(batch, sizes[-1])).astype(dtype)
     return params, xs, ys
@@ -106,3 +125,13 @@ def assert_tree_close(actual, expected, rtol, atol=0.0):
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _doctest_names(doctest_namespace):
+    """The names the library's ``>>>`` examples use unqualified: jax, jnp, np, fbp and
+    every top-level name of functional_bp. A conftest's fixtures reach only the tests
+    below it, so for the doctests of functional_bp/ this file is loaded as a plugin:
+    ``pytest -p conftest --doctest-modules functional_bp`` (pythonpath has tests/)."""
+    doctest_namespace.update(jax=jax, jnp=jnp, np=np, fbp=fbp)
+    doctest_namespace.update({name: getattr(fbp, name) for name in fbp.__all__})

@@ -7,6 +7,9 @@ import pytest
 
 import functional_bp as fbp
 
+# Chapter 10: sigmoid neurons, C = (yhat - y)^2.
+SQUARED_ERROR = fbp.Network("sigmoid", cost="squared_error")
+
 
 @pytest.mark.parametrize("num_layers", [1, 2, 3, 5, 8])
 def test_chain_rule_equals_backprop_and_jax_grad(num_layers):
@@ -18,7 +21,7 @@ def test_chain_rule_equals_backprop_and_jax_grad(num_layers):
         assert got.shape == (num_layers,) and got.dtype == jnp.float64
 
         params = [fbp.Layer(w.reshape(1, 1), jnp.zeros(1)) for w in ws]
-        manual = fbp.backprop(params, x[None], y[None], cost="squared_error")
+        manual = fbp.backprop(params, x[None], y[None], net=SQUARED_ERROR)
         np.testing.assert_allclose(got, [g.w[0, 0] for g in manual], rtol=1e-12, atol=1e-300)
 
         def cost(ws):
@@ -52,7 +55,7 @@ def test_chain_rule_float32():
     assert got.dtype == jnp.float32
     params = [fbp.Layer(w.reshape(1, 1), jnp.zeros(1, jnp.float32)) for w in ws]
     manual = fbp.backprop(
-        params, jnp.array([0.3], jnp.float32), jnp.array([0.9], jnp.float32), cost="squared_error"
+        params, jnp.array([0.3], jnp.float32), jnp.array([0.9], jnp.float32), net=SQUARED_ERROR
     )
     np.testing.assert_allclose(got, [g.w[0, 0] for g in manual], rtol=1e-5)
 

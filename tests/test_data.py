@@ -369,3 +369,36 @@ def test_load_digits_split_is_the_documented_permutation():
     np.testing.assert_array_equal(training.y, target[perm[:-n_test]])
     with pytest.raises(ValueError, match="test_fraction"):
         load_digits(test_fraction=1.0)
+
+
+# Bad input, each argument named.
+
+LABELS = np.array([0, 1, 0, 1, 1, 0])
+
+BAD_CASES = [
+    ("one_hot classes 0", lambda: one_hot(LABELS, 0), ValueError, r"num_classes"),
+    ("one_hot classes 2.0", lambda: one_hot(LABELS, 2.0), TypeError, r"num_classes to be an int"),
+    ("one_hot floats", lambda: one_hot(LABELS * 1.0), ValueError, r"labels to be integers"),
+    ("one_hot range", lambda: one_hot(LABELS + 9), ValueError, r"labels in \[0, 10\)"),
+    ("digits fraction 0", lambda: load_digits(test_fraction=0.0), ValueError, r"test_fraction"),
+    ("digits fraction 1.5", lambda: load_digits(test_fraction=1.5), ValueError, r"test_fraction"),
+    (
+        "digits fraction nan",
+        lambda: load_digits(test_fraction=float("nan")),
+        ValueError,
+        r"test_fraction",
+    ),
+    ("digits fraction str", lambda: load_digits(test_fraction="a"), TypeError, r"test_fraction"),
+]
+
+
+@pytest.mark.parametrize(
+    "call,error,message", [c[1:] for c in BAD_CASES], ids=[c[0] for c in BAD_CASES]
+)
+def test_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_one_hot_takes_numpy_integers():
+    assert one_hot(LABELS, np.int64(2)).shape == (6, 2)

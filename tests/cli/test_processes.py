@@ -28,7 +28,7 @@ def test_two_processes_train_as_one(tmp_path):
     equal one process's `train_epoch` on the whole data."""
     port = _free_port()
     save = tmp_path / "p.npz"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", JAX_DISABLE_MOST_OPTIMIZATIONS="true")
     argv = [sys.executable, "-m", "functional_bp", "train", "--epochs", "1", "--float64"]
     argv += ["--no-progress", "--save", str(save), "--coordinator", f"127.0.0.1:{port}"]
     argv += ["--num-processes", "2"]

@@ -1,9 +1,8 @@
-"""An independent plain-NumPy network.py, written here from the equations: column vectors
-and a loop over the examples of a mini-batch, as in the chapter's backprop listing."""
+"""Independent references written here from the equations, shared by several test files:
+plain-NumPy network.py (column vectors, a loop over the examples of a mini-batch, as in
+the chapter's backprop listing) and the learning rules in NumPy."""
 
 import numpy as np
-import pytest
-from conftest import random_problem
 
 import functional_bp as fbp
 
@@ -60,19 +59,38 @@ def network_py_mean_gradient(params, xs, ys, cost):
     return mean, per_example
 
 
-@pytest.mark.parametrize("cost", ["quadratic", "cross_entropy"])
-@pytest.mark.parametrize("seed", range(4))
-def test_backprop_and_grad_equal_numpy_network_py(cost, seed):
-    sizes = [[784, 30, 10], [5, 1, 3], [7, 6, 5, 4, 3], [2, 2]][seed]
-    params, xs, ys = random_problem(seed, sizes=sizes, batch=5)
-    mean, per_example = network_py_mean_gradient(params, xs, ys, cost)
+def numpy_update_mini_batch(params, xs, ys, eta, lmbda, n, cost):
+    """network2.py's update_mini_batch with L2, (1 - eta lmbda / n) w - eta nabla_w,
+    looping over the examples (network.py's for lmbda = 0)."""
+    mean, _ = network_py_mean_gradient(params, xs, ys, cost)
+    return [
+        fbp.Layer(
+            (1 - eta * lmbda / n) * np.asarray(layer.w) - eta * w, np.asarray(layer.b) - eta * b
+        )
+        for layer, (w, b) in zip(params, mean)
+    ]
 
-    for i, (delta_b, delta_w) in enumerate(per_example):
-        manual = fbp.backprop(params, xs[i], ys[i], cost=cost)
-        for layer, nb, nw in zip(manual, delta_b, delta_w):
-            np.testing.assert_allclose(layer.w, nw, rtol=1e-10, atol=1e-14)
-            np.testing.assert_allclose(layer.b, nb.ravel(), rtol=1e-10, atol=1e-14)
 
-    for layer, (w, b) in zip(fbp.grad(params, xs, ys, cost=cost), mean):
-        np.testing.assert_allclose(layer.w, w, rtol=1e-10, atol=1e-14)
-        np.testing.assert_allclose(layer.b, b, rtol=1e-10, atol=1e-14)
+def numpy_rule_grad(params, feedback, xs, ys, rule):
+    """A learning rule's mean update on network.py's network (sigmoid layers, quadratic
+    cost): eq 96 with B^l (fa, kp), sign(w^{l+1}) (sign), or delta^L sent straight to
+    every hidden layer through B^l (dfa)."""
+    ws = [np.asarray(l.w) for l in params]
+    bs = [np.asarray(l.b) for l in params]
+    activations, a = [np.asarray(xs)], np.asarray(xs)
+    for w, b in zip(ws, bs):
+        a = sigmoid(a @ w.T + b)
+        activations.append(a)
+    a_L = activations[-1]
+    delta_L = (a_L - np.asarray(ys)) * a_L * (1 - a_L)
+    deltas = [delta_L]
+    for l in range(len(ws) - 1, 0, -1):  # hidden layer l, 1-based
+        a_l = activations[l]
+        if rule == "dfa":
+            back = delta_L @ np.asarray(feedback[l - 1])
+        else:
+            matrix = np.sign(ws[l]) if rule == "sign" else np.asarray(feedback[l - 1])
+            back = deltas[0] @ matrix
+        deltas.insert(0, back * a_l * (1 - a_l))
+    n = xs.shape[0]
+    return [fbp.Layer(d.T @ a / n, d.sum(axis=0) / n) for d, a in zip(deltas, activations[:-1])]
