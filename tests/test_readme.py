@@ -1,9 +1,9 @@
 """The Python examples of the README and of the docs run as written: each page's blocks
 in order, in a fresh interpreter, as a reader would paste them."""
 
+import os
 import pathlib
 import re
-import os
 import subprocess
 import sys
 
