@@ -204,3 +204,15 @@ def test_the_command_line_keeps_to_the_public_names():
     assert "functional_bp.cli" in sources
     assert [use for use in _private_uses(sources) if use.split(":")[0] in cli] == []
     assert _cycles(sources) == []
+
+
+@pytest.mark.parametrize("family", [None, *FAMILIES])
+def test_every_exported_function_and_class_has_a_docstring(family):
+    # Constants are documented by the string below them, which only the docs build reads.
+    module = fbp if family is None else importlib.import_module(f"functional_bp.{family}")
+    bare = [
+        name
+        for name in module.__all__
+        if callable(getattr(module, name)) and not (getattr(module, name).__doc__ or "").strip()
+    ]
+    assert not bare, f"{module.__name__}: no docstring for {bare}"
