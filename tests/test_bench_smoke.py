@@ -6,6 +6,7 @@ import json
 import pathlib
 
 import jax
+import pytest
 
 SCRIPT = pathlib.Path(__file__).parent.parent / "scripts" / "bench.py"
 
@@ -29,6 +30,7 @@ def load_bench():
     return bench
 
 
+@pytest.mark.slow
 def test_bench_smoke_runs_every_case_and_writes_tables_json_and_chart(tmp_path, capsys):
     bench = load_bench()
     out = tmp_path / "bench"

@@ -39,6 +39,7 @@ def test_demo_options_reach_both_parts(tmp_path, capsys, monkeypatch):
     assert "network [20, 7, 3], batch 20" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_demo_writes_into_a_folder_of_the_current_directory_only(in_tmp, capsys):
     """The default --out; and below --min-accuracy the demo fails (one epoch is not
     enough for 100 %), after writing its record."""

@@ -57,7 +57,7 @@ def _leaves(tree, r=None):
 @pytest.mark.parametrize(
     "change",
     [
-        dict(optimizer="adam", rule="kp", weight_decay=1e-3),
+        pytest.param(dict(optimizer="adam", rule="kp", weight_decay=1e-3), marks=pytest.mark.slow),
         pytest.param(dict(optimizer="diag_ggn", lmbda=1.0), marks=pytest.mark.slow),
     ],
     ids=["adam kp", "diag_ggn lmbda"],
@@ -78,6 +78,7 @@ def test_many_runs_are_the_separate_runs(change, digits, capsys):
     assert capsys.readouterr() == ("", "")  # library code prints nothing
 
 
+@pytest.mark.slow
 def test_a_shared_shuffle_is_the_first_runs_order(digits):
     config = dataclasses.replace(TINY, seeds=(0, 1), shared_shuffle=True, optimizer="momentum")
     params = runs.train(config, digits).params
