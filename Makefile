@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test check bench lint clean
+.PHONY: demo test check docs bench lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(BIN)/.installed
 # The quick tier for the edit loop: lint, then the tests not marked slow.
 check: lint
 	$(BIN)/python -m pytest -m "not slow"
+
+# The documentation site, in strict mode: a broken link, a missing reference or a public
+# name without a docstring fails the build. The site goes to site/ (ignored).
+docs: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(BIN)/.installed
 	$(BIN)/python scripts/bench.py

@@ -166,7 +166,8 @@ def total_cost(
 
     Args:
       params: a list of `Layer`.
-      xs, ys: shapes (num_examples, n_in) and (num_examples, n_out).
+      xs: shape (num_examples, n_in).
+      ys: shape (num_examples, n_out).
       weight_decay: wd = lmbda / n, as for `functional_bp.sgd_step`.
       batch_size: examples per jitted call.
       net: the `Network`.

@@ -198,7 +198,11 @@ def alignment_angles(
     delta^L are shared; the rule's backward pass is the one extra pass over `grad`.
 
     Args:
-      params, feedback, xs, ys, rule: as for `feedback_grad`.
+      params: a list of `Layer`.
+      feedback: `init_feedback`'s matrices; ignored (may be None) for "sign".
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out).
+      rule: "fa", "dfa", "sign" or "kp".
       net: the `Network`.
 
     Returns:

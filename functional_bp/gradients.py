@@ -27,7 +27,7 @@ def forward(params: Params, x: Array, *, net: Network = Network()) -> tuple[Arra
     Returns:
       ``(a_L, cache)``; with a batch, every array has a leading batch axis.
 
-    Example:
+    Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 2])
       >>> forward(params, jnp.ones(3))[0].shape
       (2,)
@@ -92,7 +92,7 @@ def grad(params: Params, xs: Array, ys: Array, *, net: Network = Network()) -> l
     Returns:
       A list of `Layer`, the structure of ``params``.
 
-    Example:
+    Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
       >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
       >>> [g.w.shape for g in grad(params, xs, ys)]
@@ -186,7 +186,7 @@ def mlp(params: Params, x: Array, *, net: Network = Network()) -> Array:
       x: one example (n_in,) or a batch (batch, n_in).
       net: the `Network` (its cost is not used).
 
-    Example:
+    Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 2])
       >>> g = jax.grad(lambda p: jnp.sum(mlp(p, jnp.ones(3)) ** 2))(params)
       >>> g[0].w.shape

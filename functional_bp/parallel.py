@@ -162,8 +162,10 @@ def data_parallel_epoch(
       key: the shuffle's key, the same on every process.
       mesh: a `jax.sharding.Mesh` over the devices of every process (`data_mesh()`).
       params: a list of `Layer`, the same on every process.
-      xs, ys: the whole training set (NumPy arrays), the same on every process.
-      learning_rate, weight_decay: as for `train_epoch`.
+      xs: the whole training set's inputs (a NumPy array), the same on every process.
+      ys: its targets, likewise.
+      learning_rate: eta, as for `train_epoch`.
+      weight_decay: as for `train_epoch`.
       batch_size: the global mini-batch; it, and a last partial mini-batch, must divide
         across the devices of ``axis``.
       axis: the mesh axis the mini-batches are split over.

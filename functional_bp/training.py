@@ -146,7 +146,8 @@ def train_step(
       params: what the gradient differentiates: a list of `Layer`, or a rule's
         `feedback.FeedbackParams`.
       opt_state: ``optimizer.init(params)`` or the state the previous step returned.
-      xs, ys: the mini-batch, shapes (batch, n_in) and (batch, n_out).
+      xs: the mini-batch, shape (batch, n_in).
+      ys: its targets, shape (batch, n_out).
       gradient: a `core.Gradient`; `MeanGradient()` by default.
       net: the `Network`.
 
@@ -180,7 +181,8 @@ def scan_epoch(
     Args:
       key: a `jax.random` key.
       carry: what ``step`` updates: params, (params, opt_state), ...
-      xs, ys: the training set, each with a leading axis of the examples.
+      xs: the training set's inputs, with a leading axis of the examples.
+      ys: its targets, likewise.
       step: ``step(key, carry, xb, yb) -> carry``.
       batch_size: examples per mini-batch.
     """
@@ -220,9 +222,14 @@ def epoch(
 
     Args:
       key: a `jax.random` key: the shuffle, and each step's key.
-      optimizer, params, opt_state, gradient, net: as for `train_step`.
-      xs, ys: the training set, shapes (num_examples, n_in) and (num_examples, n_out).
+      optimizer: as for `train_step`.
+      params: as for `train_step`.
+      opt_state: as for `train_step`.
+      xs: the training set, shape (num_examples, n_in).
+      ys: its targets, shape (num_examples, n_out).
       batch_size: examples per mini-batch; a last, smaller one is one more step.
+      gradient: as for `train_step`.
+      net: the `Network`.
 
     Returns:
       ``(params, opt_state)`` after the epoch.
@@ -288,7 +295,8 @@ def train_epoch(
     Args:
       key: a `jax.random` key for the shuffle.
       params: a list of `Layer`.
-      xs, ys: the training set, shapes (num_examples, n_in) and (num_examples, n_out).
+      xs: the training set, shape (num_examples, n_in).
+      ys: its targets, shape (num_examples, n_out).
       learning_rate: eta (traced).
       batch_size: examples per mini-batch. When it does not divide ``num_examples``,
         the last, smaller mini-batch is one more step, as in network.py.

@@ -61,19 +61,23 @@ class Config:
       download: download MNIST if it is missing.
       eval_on: "test" or "validation" (MNIST only: digits has a test set alone).
       sizes: layer sizes, input first; None for the data set's default [n_in, 30, 10].
-      activation, output_activation, cost: the `Network`'s.
+      activation: the `Network`'s.
+      output_activation: the `Network`'s.
+      cost: the `Network`'s.
       init: "normal" (network.py) or "scaled_normal" (network2.py).
       seeds: one run per seed and learning rate; seed s draws the initial weights and
         the shuffles from ``jax.random.key(s)`` and a rule's B from ``key(s + 10**6)``.
       learning_rates: eta, one or several.
-      epochs, batch_size: as in network.py.
+      epochs: as in network.py.
+      batch_size: as in network.py.
       shared_shuffle: with several runs, one mini-batch order for all (the first run's).
       optimizer: one of `OPTIMIZERS`.
       lmbda: network2.py's L2 lambda: weight decay lmbda / n (n: training-set size), and
         the L2 term lmbda / (2 n) sum w^2 in the costs measured on a set of n examples.
       weight_decay: the per-step decay wd of the weights, w <- w - eta (g + wd w), not
         added to the costs; and, under rule "kp", the decay of B.
-      damping, ggn_decay: the diag_ggn optimizer's.
+      damping: the diag_ggn optimizer's.
+      ggn_decay: the diag_ggn optimizer's.
       rule: "bp" (backprop) or a learning rule of `functional_bp.feedback`.
       feedback_scale: the std of a rule's random B (None: 1/sqrt(n_l)).
       track: also record per epoch: "noise-scale" (`statistics.gradient_noise_scale`),
