@@ -53,6 +53,12 @@ class Activation(NamedTuple):
       name: shown in messages and tables.
       vjp: optional ``vjp(z, a, g)``: (J_sigma(z))^T g for a non-elementwise sigma.
         Used instead of ``derivative`` when given.
+
+    Examples:
+      >>> softplus = Activation(jax.nn.softplus, jax.nn.sigmoid, name="softplus")
+      >>> z = jnp.zeros(3)
+      >>> softplus.backward(z, softplus.fn(z), jnp.ones(3)).shape
+      (3,)
     """
 
     fn: Callable[[Array], Array]
@@ -62,11 +68,24 @@ class Activation(NamedTuple):
     vjp: Optional[Callable[[Array, Array, Array], Array]] = None
 
     def prime(self, z: Array, a: Array) -> Array:
-        """sigma'(z), from z or from the stored a = sigma(z) (elementwise sigma only)."""
+        """sigma'(z), from z or from the stored a = sigma(z) (elementwise sigma only).
+
+        Examples:
+          >>> z = jnp.zeros(2)
+          >>> bool(jnp.all(fbp.activations.SIGMOID.prime(z, jax.nn.sigmoid(z)) == 0.25))
+          True
+        """
         return self.derivative(a if self.derivative_of_output else z)
 
     def backward(self, z: Array, a: Array, g: Array) -> Array:
-        """dC/dz from g = dC/da: the "⊙ sigma'(z)" of eqs 91 and 96, or the VJP."""
+        """dC/dz from g = dC/da: the "⊙ sigma'(z)" of eqs 91 and 96, or the VJP.
+
+        Examples:
+          >>> z = jnp.zeros(4)
+          >>> a = jax.nn.softmax(z)
+          >>> fbp.activations.SOFTMAX.backward(z, a, jnp.ones(4)).shape
+          (4,)
+        """
         if self.vjp is not None:
             return self.vjp(z, a, g)
         return g * self.prime(z, a)
@@ -79,17 +98,34 @@ def _softmax_vjp(z: Array, a: Array, g: Array) -> Array:
 
 # jax.nn.sigmoid is the stable logistic: finite for z = +-1000 in float32.
 SIGMOID = Activation(jax.nn.sigmoid, lambda a: a * (1 - a), True, "sigmoid")
-"""The logistic sigma(z) = 1 / (1 + e^{-z}) (network.py), sigma' = a (1 - a)."""
+r"""The logistic sigma(z) = 1 / (1 + e^{-z}) (network.py), sigma' = a (1 - a):
+
+\[ \sigma(z) = \frac{1}{1 + e^{-z}}, \qquad \sigma'(z) = a\,(1 - a) \]
+"""
 TANH = Activation(jnp.tanh, lambda a: 1 - a * a, True, "tanh")
-"""tanh, sigma' = 1 - a^2."""
+r"""tanh, sigma' = 1 - a^2:
+
+\[ \sigma(z) = \tanh z, \qquad \sigma'(z) = 1 - a^2 \]
+"""
 # sigma'(0) is taken as 0 for relu, as jax.grad does.
 RELU = Activation(jax.nn.relu, lambda a: (a > 0).astype(a.dtype), True, "relu")
-"""max(0, z), sigma' = 1[z > 0] (0 at z = 0, as jax.grad takes it)."""
+r"""max(0, z), sigma' = 1[z > 0] (0 at z = 0, as jax.grad takes it):
+
+\[ \sigma(z) = \max(0, z), \qquad \sigma'(z) = \mathbb{1}[z > 0] \]
+"""
 IDENTITY = Activation(lambda z: z, jnp.ones_like, False, "identity")
-"""The identity, sigma' = 1: a linear layer."""
+r"""The identity, sigma' = 1: a linear layer.
+
+\[ \sigma(z) = z, \qquad \sigma'(z) = 1 \]
+"""
 # The book's chapter 3 (network3.py's SoftmaxLayer): a_j = e^{z_j} / sum_k e^{z_k}.
 SOFTMAX = Activation(jax.nn.softmax, name="softmax", vjp=_softmax_vjp)
-"""a_j = e^{z_j} / sum_k e^{z_k} (network3.py's output layer), by its VJP."""
+r"""a_j = e^{z_j} / sum_k e^{z_k} (network3.py's output layer), by its VJP: the Jacobian
+d a_j / d z_k = a_j (1[j = k] - a_k) is never formed.
+
+\[ a_j = \frac{e^{z_j}}{\sum_k e^{z_k}}, \qquad
+    \frac{\partial a_j}{\partial z_k} = a_j \left( \mathbb{1}[j = k] - a_k \right) \]
+"""
 
 ACTIVATIONS: dict[str, Activation] = {
     act.name: act for act in (SIGMOID, TANH, RELU, IDENTITY, SOFTMAX)
@@ -98,7 +134,14 @@ ACTIVATIONS: dict[str, Activation] = {
 
 
 def get_activation(activation: str | Activation) -> Activation:
-    """Looks an activation up by name, or returns the given `Activation`."""
+    """Looks an activation up by name, or returns the given `Activation`.
+
+    Examples:
+      >>> fbp.activations.get_activation("tanh") is fbp.activations.TANH
+      True
+      >>> fbp.activations.get_activation(Activation(jnp.sin, jnp.cos)).name
+      'custom'
+    """
     if isinstance(activation, Activation):
         if not callable(activation.fn):
             raise TypeError(f"Expected Activation {activation.name!r} fn to be callable")

@@ -36,12 +36,15 @@ def _chain_rule_gradients(ws: Array, x: Array, y: Array) -> Array:
 
 
 def chain_rule_gradients(ws: Array, x: Array, y: Array) -> Array:
-    """dC/dw_n of a chain of one sigmoid neuron per layer, from the explicit product of eq 85.
+    r"""dC/dw_n of a chain of one sigmoid neuron per layer, from the explicit product of eq 85.
 
     Chapter 10 eqs 75-86 with b = 0 and C = (yhat - y)^2, generalised from N = 3 to any
     number of layers N: with a_0 = x, h_n = w_n a_{n-1} (eq 77), a_n = sigma(h_n),
 
         dC/dw_n = a_{n-1} sigma'(h_n) * prod_{m=n+1}^{N} [w_m sigma'(h_m)] * dC/dyhat,
+
+    \[ \frac{\partial C}{\partial w_n} = a_{n-1}\, \sigma'(h_n) \prod_{m=n+1}^{N}
+    \left[ w_m\, \sigma'(h_m) \right] \frac{\partial C}{\partial \hat y} \]
 
     dC/dyhat = 2 (yhat - y). For n = 1 and N = 3 this is eq 85 term by term. It equals
     `backprop` with ``cost="squared_error"`` on a width-1 network with zero biases.
@@ -53,6 +56,13 @@ def chain_rule_gradients(ws: Array, x: Array, y: Array) -> Array:
 
     Returns:
       dC/dw_n for n = 1..N, shape (N,).
+
+    Examples:
+      >>> ws = jnp.array([0.5, -1.0, 2.0])
+      >>> params = [Layer(jnp.full((1, 1), w), jnp.zeros(1)) for w in ws]
+      >>> g = backprop(params, jnp.ones(1), jnp.zeros(1), net=Network(cost="squared_error"))
+      >>> bool(jnp.allclose(chain_rule_gradients(ws, 1.0, 0.0), jnp.stack([l.w[0, 0] for l in g])))
+      True
     """
     ws, x, y = jnp.asarray(ws), jnp.asarray(x), jnp.asarray(y)
     if ws.ndim != 1 or ws.shape[0] < 1:

@@ -66,14 +66,21 @@ __all__ = [
 
 
 class LayerType(Protocol):
-    """What a layer type provides: the three steps the documents derive for a dense layer.
+    r"""What a layer type provides: the three steps the documents derive for a dense layer.
 
-    - ``forward(layer, a_prev)``: z^l from a^{l-1} (001 notes eq 1; chapter 10 eq 77).
+    - ``forward(layer, a_prev)``: z^l from a^{l-1} (001 notes eq 1; chapter 10 eq 77),
+      for a dense layer \(z^l = w^l a^{l-1} + b^l\).
     - ``transport(weights, delta_next)``: dC/da^l from delta^{l+1}, the (w^{l+1})^T
-      delta^{l+1} of eq 96 (001 notes eq 8); delta^l is this ⊙ sigma'(z^l). A learning
-      rule (`functional_bp.feedback`) passes other ``weights``.
+      delta^{l+1} of eq 96 (001 notes eq 8), \(\nabla_{a^l} C = (w^{l+1})^T
+      \delta^{l+1}\); delta^l is this ⊙ sigma'(z^l). A learning rule
+      (`functional_bp.feedback`) passes other ``weights``.
     - ``gradient(delta, a_prev)``: dC/dw^l and dC/db^l from delta^l and a^{l-1} (eq 99
-      and eq 7), summed over any leading batch axes.
+      and eq 7), \(\partial C / \partial w^l = \delta^l (a^{l-1})^T\) and
+      \(\partial C / \partial b^l = \delta^l\), summed over any leading batch axes.
+
+    Examples:
+      >>> all(hasattr(fbp.core.Dense, step) for step in ("forward", "transport", "gradient"))
+      True
     """
 
     def forward(self, layer: Layer, a_prev: Array) -> Array: ...
@@ -84,8 +91,19 @@ class LayerType(Protocol):
 
 
 class Dense:
-    """The fully connected layer: z = w a + b, transport (w^{l+1})^T delta^{l+1}
-    (`weighted_error`), gradient delta (a^{l-1})^T (`layer_gradient`)."""
+    r"""The fully connected layer: z = w a + b, transport (w^{l+1})^T delta^{l+1}
+    (`weighted_error`), gradient delta (a^{l-1})^T (`layer_gradient`).
+
+    \[ z^l = w^l a^{l-1} + b^l, \qquad \nabla_{a^l} C = (w^{l+1})^T \delta^{l+1},
+    \qquad \frac{\partial C}{\partial w^l} = \delta^l (a^{l-1})^T \]
+
+    Examples:
+      >>> layer = Layer(jnp.ones((2, 3)), jnp.zeros(2))
+      >>> fbp.core.Dense.forward(layer, jnp.ones(3)).shape
+      (2,)
+      >>> fbp.core.Dense.gradient(jnp.ones(2), jnp.ones(3)).w.shape
+      (2, 3)
+    """
 
     @staticmethod
     def forward(layer: Layer, a_prev: Array) -> Array:
@@ -101,6 +119,12 @@ class Cache(NamedTuple):
     Attributes:
       zs: [z^1, ..., z^L], the weighted inputs (the chapter's h^(l)).
       activations: [a^0 = x, a^1, ..., a^L].
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> cache = fbp.core.forward_pass(Network(), params, jnp.ones((5, 3)))
+      >>> [z.shape for z in cache.zs], [a.shape for a in cache.activations]
+      ([(5, 4), (5, 2)], [(5, 3), (5, 4), (5, 2)])
     """
 
     zs: list[Array]
@@ -114,6 +138,13 @@ class Record(NamedTuple):
       cache: the forward `Cache`, every array (batch, n_l).
       ys: the targets in the params' dtype.
       deltas: [delta^1, ..., delta^L], each (batch, n_l).
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> record = fbp.core.backprop_batch(Network(), params, xs, ys)
+      >>> [delta.shape for delta in record.deltas], record.ys.shape
+      ([(5, 4), (5, 2)], (5, 2))
     """
 
     cache: Cache
@@ -128,6 +159,12 @@ def check(net: Network, params: Params, xs, ys=None, *, batched: Optional[bool] 
     and ``net`` costs nothing. ``batched``: True for xs of shape (batch, n_in), False for
     one example (n_in,), None for either. With ``ys`` and a batch, the batch must hold an
     example (a mean over none is undefined). Errors name the layer and the shapes.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> fbp.core.check(Network(), params, xs, ys)
+      [3, 4, 2]
     """
     check_network(net)
     sizes = check_params(params)
@@ -152,12 +189,30 @@ def _forward_one(net: Network, params: Params, x: Array) -> Cache:
 
 
 def forward_pass(net: Network, params: Params, xs: Array) -> Cache:
-    """The forward pass of every row of xs (batch, n_in): `jax.vmap` of one example's."""
+    r"""The forward pass of every row of xs (batch, n_in): `jax.vmap` of one example's.
+
+    Eqs 1-2 of the 001 notes for every example, \(z^l = w^l a^{l-1} + b^l\) and
+    \(a^l = \sigma(z^l)\).
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> cache = fbp.core.forward_pass(Network(), params, jnp.ones((5, 3)))
+      >>> cache.activations[-1].shape
+      (5, 2)
+    """
     return jax.vmap(lambda x: _forward_one(net, params, x))(xs)
 
 
 def example_costs(net: Network, cache: Cache, ys: Array) -> Array:
-    """C of every example, shape (batch,): ``cost.fn(a^L, y)``, or its closed form in z^L."""
+    """C of every example, shape (batch,): ``cost.fn(a^L, y)``, or its closed form in z^L.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> cache = fbp.core.forward_pass(Network(), params, xs)
+      >>> fbp.core.example_costs(Network(), cache, ys).shape
+      (5,)
+    """
     form = net.cost.closed_form(net.output_activation)
 
     def one(z_L, a_L, y):
@@ -167,9 +222,18 @@ def example_costs(net: Network, cache: Cache, ys: Array) -> Array:
 
 
 def hidden_errors(net: Network, weights: Array, delta_next: Array, cache: Cache, l: int):
-    """`hidden_error` (eq 96) at hidden layer l for every example: delta_next (batch, n)
+    r"""`hidden_error` (eq 96) at hidden layer l for every example: delta_next (batch, n)
     transported through ``weights`` (w^{l+1}, or a learning rule's matrix), then ⊙
-    sigma'(z^l)."""
+    sigma'(z^l).
+
+    \[ \delta^l = (w^{l+1})^T \delta^{l+1} \odot \sigma'(z^l) \]
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> cache = fbp.core.forward_pass(Network(), params, jnp.ones((5, 3)))
+      >>> fbp.core.hidden_errors(Network(), params[1].w, jnp.ones((5, 2)), cache, 1).shape
+      (5, 4)
+    """
     one = functools.partial(hidden_error, weights, net=net)
     return jax.vmap(one)(delta_next, cache.zs[l - 1], cache.activations[l])
 
@@ -182,10 +246,19 @@ def backward_pass(
     *,
     matrices: Optional[list[Array]] = None,
 ) -> list[Array]:
-    """[delta^1, ..., delta^L] from delta^L (batch, n_L): eq 96 from layer L-1 down to 1.
+    r"""[delta^1, ..., delta^L] from delta^L (batch, n_L): eq 96 from layer L-1 down to 1.
+
+    \[ \delta^l = (w^{l+1})^T \delta^{l+1} \odot \sigma'(z^l), \qquad l = L-1, \dots, 1 \]
 
     ``matrices``, when given, replaces w^{l+1} in eq 96 layer by layer (entry l-1 for
     layer l, each of the shape of w^{l+1}): the backward pass of feedback alignment.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> cache = fbp.core.forward_pass(Network(), params, jnp.ones((5, 3)))
+      >>> deltas = fbp.core.backward_pass(Network(), params, cache, jnp.ones((5, 2)))
+      >>> [delta.shape for delta in deltas]
+      [(5, 4), (5, 2)]
     """
     matrices = [layer.w for layer in params[1:]] if matrices is None else matrices
     deltas = [delta_L]
@@ -197,11 +270,20 @@ def backward_pass(
 def output_errors(
     net: Network, params: Params, xs: Array, ys: Array, *, scale: Optional[Array] = None
 ) -> tuple[Cache, Array, Array]:
-    """The forward pass of a batch and delta^L of every example (eqs 90-91, vmapped):
+    r"""The forward pass of a batch and delta^L of every example (eqs 90-91, vmapped):
     ``(cache, ys in the params' dtype, delta^L)``.
+
+    \[ \delta^L = \nabla_a C \odot \sigma'(z^L) \]
 
     ``scale``, when given, multiplies delta^L; eq 96 is linear in delta, so every
     delta^l carries it (the mean gradient's 1/batch goes into the smallest array).
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> cache, ys, delta_L = fbp.core.output_errors(Network(), params, xs, ys)
+      >>> delta_L.shape
+      (5, 2)
     """
     cache = forward_pass(net, params, xs)
     ys = ys.astype(cache.activations[-1].dtype)
@@ -216,27 +298,61 @@ def backprop_batch(
     net: Network, params: Params, xs: Array, ys: Array, *, scale: Optional[Array] = None
 ) -> Record:
     """The core: forward pass, eqs 90-91 per example (`output_errors`), eq 96 back to
-    layer 1 (`backward_pass`)."""
+    layer 1 (`backward_pass`).
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> record = fbp.core.backprop_batch(Network(), params, xs, ys)
+      >>> [delta.shape for delta in record.deltas]
+      [(5, 4), (5, 2)]
+    """
     cache, ys, delta_L = output_errors(net, params, xs, ys, scale=scale)
     return Record(cache, ys, backward_pass(net, params, cache, delta_L))
 
 
 def summed_gradients(deltas: list[Array], cache: Cache) -> list[Layer]:
-    """Eq 99 and eq 7 for every layer, summed over the batch: sum_i delta_i^l (a_i^{l-1})^T."""
+    r"""Eq 99 and eq 7 for every layer, summed over the batch: sum_i delta_i^l (a_i^{l-1})^T.
+
+    \[ \frac{\partial C}{\partial w^l} = \sum_i \delta^l_i (a^{l-1}_i)^T, \qquad
+    \frac{\partial C}{\partial b^l} = \sum_i \delta^l_i \]
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> record = fbp.core.backprop_batch(Network(), params, xs, ys)
+      >>> [g.w.shape for g in fbp.core.summed_gradients(record.deltas, record.cache)]
+      [(4, 3), (2, 4)]
+    """
     return [Dense.gradient(delta, a_prev) for delta, a_prev in zip(deltas, cache.activations)]
 
 
 def mean_value_and_grad(
     net: Network, params: Params, xs: Array, ys: Array
 ) -> tuple[Array, list[Layer]]:
-    """The mean cost and the mean gradient of a batch, with 1/batch folded into delta^L."""
+    """The mean cost and the mean gradient of a batch, with 1/batch folded into delta^L.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> value, g = fbp.core.mean_value_and_grad(Network(), params, xs, ys)
+      >>> value.shape, bool(jnp.allclose(g[0].w, grad(params, xs, ys)[0].w))
+      ((), True)
+    """
     record = backprop_batch(net, params, xs, ys, scale=1.0 / xs.shape[0])
     value = jnp.mean(example_costs(net, record.cache, record.ys))
     return value, summed_gradients(record.deltas, record.cache)
 
 
 def mean_cost(net: Network, params: Params, xs: Array, ys: Array) -> Array:
-    """The mean cost of a batch, from the forward pass alone."""
+    """The mean cost of a batch, from the forward pass alone.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> bool(jnp.allclose(fbp.core.mean_cost(Network(), params, xs, ys), loss(params, xs, ys)))
+      True
+    """
     cache = forward_pass(net, params, xs)
     return jnp.mean(example_costs(net, cache, ys.astype(cache.activations[-1].dtype)))
 
@@ -250,6 +366,10 @@ class Gradient:
     their choices static fields. `MeanGradient` is backprop's; the families add
     clipped and private gradients (`functional_bp.per_example`), learning rules
     (`functional_bp.feedback`) and sharded ones (`functional_bp.parallel`).
+
+    Examples:
+      >>> isinstance(fbp.core.MeanGradient(), fbp.core.Gradient)
+      True
     """
 
     def __call__(self, key, net: Network, params, xs: Array, ys: Array):
@@ -265,13 +385,29 @@ class Gradient:
 
 def gradient_class(cls):
     """Makes ``cls`` a frozen dataclass and a pytree: fields marked
-    ``dataclasses.field(metadata={"static": True})`` are static, the rest are leaves."""
+    ``dataclasses.field(metadata={"static": True})`` are static, the rest are leaves.
+
+    Examples:
+      >>> @fbp.core.gradient_class
+      ... class Scaled(fbp.core.Gradient):
+      ...     scale: float = 1.0
+      >>> jax.tree.leaves(Scaled(0.5))
+      [0.5]
+    """
     return jax.tree_util.register_dataclass(dataclasses.dataclass(frozen=True)(cls))
 
 
 @gradient_class
 class MeanGradient(Gradient):
-    """Backprop's mean gradient of the mini-batch (`functional_bp.grad`); ignores the key."""
+    """Backprop's mean gradient of the mini-batch (`functional_bp.grad`); ignores the key.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> g = fbp.core.MeanGradient()(None, Network(), params, xs, ys)
+      >>> [layer.w.shape for layer in g]
+      [(4, 3), (2, 4)]
+    """
 
     def __call__(self, key, net, params, xs, ys):
         return mean_value_and_grad(net, params, xs, ys)[1]

@@ -45,6 +45,12 @@ class ClosedForm(NamedTuple):
       delta: delta^L = dC/dz^L as a function of (z, a, y), shape (n_out,).
       sample: optional; ``sample(key, z)`` draws a target y from the distribution whose
         negative log-likelihood C is (for `diag_ggn_mc`).
+
+    Examples:
+      >>> form = fbp.costs.CROSS_ENTROPY.closed_form(fbp.activations.SIGMOID)
+      >>> z, y = jnp.zeros(2), jnp.array([0.0, 1.0])
+      >>> form.activation.name, form.delta(z, jax.nn.sigmoid(z), y).shape
+      ('sigmoid', (2,))
     """
 
     activation: Activation
@@ -71,6 +77,11 @@ class Cost(NamedTuple):
       sample: optional; ``sample(key, a)`` draws a target y from the distribution whose
         negative log-likelihood C is, up to a constant (for `diag_ggn_mc`): then
         E[dC/da dC/da^T] is the Hessian of C in a.
+
+    Examples:
+      >>> l1 = Cost(lambda a, y: jnp.sum(jnp.abs(a - y)), lambda a, y: jnp.sign(a - y), "l1")
+      >>> l1.derivative(jnp.array([2.0, -1.0]), jnp.zeros(2)).shape
+      (2,)
     """
 
     fn: Callable[[Array, Array], Array]
@@ -80,7 +91,12 @@ class Cost(NamedTuple):
     sample: Optional[Callable[[Array, Array], Array]] = None
 
     def closed_form(self, output_activation: Activation) -> Optional[ClosedForm]:
-        """The `ClosedForm` for this output activation, if the cost has one."""
+        """The `ClosedForm` for this output activation, if the cost has one.
+
+        Examples:
+          >>> fbp.costs.QUADRATIC.closed_form(fbp.activations.SIGMOID) is None
+          True
+        """
         return next((f for f in self.closed_forms if f.activation == output_activation), None)
 
 
@@ -92,7 +108,10 @@ QUADRATIC = Cost(
     "quadratic",
     sample=lambda key, a: a + jax.random.normal(key, a.shape, a.dtype),
 )
-"""network.py's C = 1/2 ||a - y||^2, dC/da = a - y."""
+r"""network.py's C = 1/2 ||a - y||^2, dC/da = a - y:
+
+\[ C = \tfrac{1}{2} \lVert a - y \rVert^2, \qquad \frac{\partial C}{\partial a} = a - y \]
+"""
 
 # The 001 notes: C_0 = sum_j (a_j - y_j)^2, dC/da = 2 (a - y) (eq 4); y ~ N(a, I/2).
 SQUARED_ERROR = Cost(
@@ -101,7 +120,10 @@ SQUARED_ERROR = Cost(
     "squared_error",
     sample=lambda key, a: a + jax.random.normal(key, a.shape, a.dtype) / jnp.sqrt(2),
 )
-"""The 001 notes' C = sum_j (a_j - y_j)^2, dC/da = 2 (a - y) (eq 4)."""
+r"""The 001 notes' C = sum_j (a_j - y_j)^2, dC/da = 2 (a - y) (eq 4):
+
+\[ C = \sum_j (a_j - y_j)^2, \qquad \frac{\partial C}{\partial a} = 2\,(a - y) \]
+"""
 
 
 def _cross_entropy(a: Array, y: Array) -> Array:
@@ -129,8 +151,14 @@ CROSS_ENTROPY = Cost(
         ),
     ),
 )
-"""network2.py's C = -sum_j [y_j ln a_j + (1 - y_j) ln(1 - a_j)]; after a sigmoid,
-delta^L = a - y."""
+r"""network2.py's C = -sum_j [y_j ln a_j + (1 - y_j) ln(1 - a_j)], dC/da = (a - y) /
+(a (1 - a)); after a sigmoid, delta^L = a - y:
+
+\[ C = -\sum_j \left[ y_j \ln a_j + (1 - y_j) \ln(1 - a_j) \right], \qquad
+    \frac{\partial C}{\partial a} = \frac{a - y}{a\,(1 - a)} \]
+
+and after a sigmoid output layer \( \delta^L = a - y \).
+"""
 
 # network3.py's log-likelihood: C = -sum_j y_j ln a_j, dC/da = -y / a.
 # After a softmax, delta^L = a sum_j y_j - y (a - y for a one-hot y), and C from the
@@ -156,7 +184,13 @@ LOG_LIKELIHOOD = Cost(
         ),
     ),
 )
-"""network3.py's C = -sum_j y_j ln a_j; after a softmax, delta^L = a - y for one-hot y."""
+r"""network3.py's C = -sum_j y_j ln a_j, dC/da = -y / a; after a softmax, delta^L = a - y
+for one-hot y:
+
+\[ C = -\sum_j y_j \ln a_j, \qquad \frac{\partial C}{\partial a} = -\frac{y}{a} \]
+
+and after a softmax output layer \( \delta^L = a - y \) for a one-hot \( y \).
+"""
 
 COSTS: dict[str, Cost] = {
     c.name: c for c in (QUADRATIC, SQUARED_ERROR, CROSS_ENTROPY, LOG_LIKELIHOOD)
@@ -169,7 +203,14 @@ _LEAVE_UNIT_INTERVAL = {"tanh", "relu", "identity"}
 
 
 def get_cost(cost: str | Cost) -> Cost:
-    """Looks a cost up by name, or returns the given `Cost`."""
+    """Looks a cost up by name, or returns the given `Cost`.
+
+    Examples:
+      >>> fbp.costs.get_cost("quadratic") is fbp.costs.QUADRATIC
+      True
+      >>> fbp.costs.get_cost(Cost(lambda a, y: jnp.sum(a - y), lambda a, y: a)).name
+      'custom'
+    """
     if isinstance(cost, Cost):
         if not (callable(cost.fn) and callable(cost.derivative)):
             raise TypeError(f"Expected Cost {cost.name!r} fn and derivative to be callable")

@@ -1,15 +1,21 @@
-"""Curvature from the backward pass: the diagonal of the generalized Gauss-Newton matrix
+r"""Curvature from the backward pass: the diagonal of the generalized Gauss-Newton matrix
 (exact and Monte-Carlo) and its Kronecker factors (BackPACK's DiagGGNExact, DiagGGNMC
 and KFLR, in JAX).
 
 The GGN of the mean cost is (1/N) sum_i J_i^T H_i J_i, with J_i the Jacobian of the
-network's output and H_i the Hessian of the cost in it. Write H_i = sum_k lambda_ik
+network's output and H_i the Hessian of the cost in it:
+
+\[ G = \frac{1}{N} \sum_i J_i^\top H_i J_i. \]
+ Write H_i = sum_k lambda_ik
 v_ik v_ik^T (its eigendecomposition: a symmetric factor, with signs where H is not
 positive semi-definite). Then J_i^T v_ik is eq 96 run from delta^L = v_ik (after sigma'
 where the output is a^L): the backward pass, with a column of the factor in place of
 dC/da^L. Eq 99 gives its outer products with a_i^{l-1}, so
 
   diag GGN of w^l = (1/N) sum_i sum_k lambda_ik (b_ik^l)^2 ((a_i^{l-1})^2)^T,
+
+\[ \operatorname{diag} G_{w^l} = \frac{1}{N} \sum_i \sum_k \lambda_{ik} (b_{ik}^l)^2
+\left((a_i^{l-1})^2\right)^\top, \]
 
 with b_ik^l the column backpropagated to layer l: n_L backward passes, no Jacobian.
 """
@@ -98,8 +104,9 @@ def diag_ggn(
     *,
     net: Network = Network(),
 ) -> list[Layer]:
-    """The diagonal of the generalized Gauss-Newton matrix of the mean cost,
-    (1/N) sum_i J_i^T H_i J_i, in the structure of params (BackPACK's DiagGGNExact).
+    r"""The diagonal of the generalized Gauss-Newton matrix of the mean cost,
+    (1/N) sum_i J_i^T H_i J_i, in the structure of params (BackPACK's DiagGGNExact):
+    \( \operatorname{diag} \frac{1}{N} \sum_i J_i^\top H_i J_i \).
 
     Where the cost has a closed form in z^L for the output activation (cross-entropy
     after a sigmoid, log-likelihood after a softmax or a sigmoid), J is the Jacobian of
@@ -112,13 +119,26 @@ def diag_ggn(
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
       net: the `Network`.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> [d.w.shape for d in fbp.curvature.diag_ggn(params, xs, ys)]
+      [(4, 3), (2, 4)]
     """
     core.check(net, params, xs, ys)
     return mean_diag_ggn(net, params, xs, ys)
 
 
 def mean_diag_ggn(net: Network, params: Params, xs: Array, ys: Array) -> list[Layer]:
-    """`diag_ggn` without the checks: for use inside a trace that has run `core.check`."""
+    """`diag_ggn` without the checks: for use inside a trace that has run `core.check`.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> [d.b.shape for d in fbp.curvature.mean_diag_ggn(Network(), params, xs, ys)]
+      [(4,), (2,)]
+    """
     cache, weights, columns = _factor_columns(net, params, xs, ys)
     return _diagonal(cache, weights, columns, xs.shape[0])
 
@@ -147,15 +167,16 @@ def diag_ggn_mc(
     samples: int = 1,
     net: Network = Network(),
 ) -> list[Layer]:
-    """An unbiased Monte-Carlo estimate of `diag_ggn` (BackPACK's DiagGGNMC).
+    r"""An unbiased Monte-Carlo estimate of `diag_ggn` (BackPACK's DiagGGNMC).
 
     For each example, ``samples`` targets y_s are drawn from the model's predictive
     distribution (the one whose negative log-likelihood the cost is: N(a, I) for
     "quadratic", N(a, I/2) for "squared_error", Bernoulli(sigma(z)) for cross-entropy
     after a sigmoid, Categorical(softmax(z)) for log-likelihood after a softmax);
-    E[delta^L(y_s) delta^L(y_s)^T] is then the Hessian of the cost at the output, so
-    backpropagating delta^L(y_s) / sqrt(samples), eqs 90-91 with the sampled target,
-    gives an unbiased estimate with ``samples`` backward passes instead of n_L.
+    E[delta^L(y_s) delta^L(y_s)^T] is then the Hessian of the cost at the output,
+    \( \mathbb{E}_{y_s}[\delta^L(y_s) \delta^L(y_s)^\top] = H \), so backpropagating
+    delta^L(y_s) / sqrt(samples), eqs 90-91 with the sampled target, gives an unbiased
+    estimate with ``samples`` backward passes instead of n_L.
     Log-likelihood assumes targets that sum to 1 (one-hot).
 
     Args:
@@ -165,6 +186,13 @@ def diag_ggn_mc(
       ys: shape (batch, n_out); used for shapes and checks, the targets are sampled.
       samples: sampled targets per example.
       net: the `Network`.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> estimate = fbp.curvature.diag_ggn_mc(jax.random.key(1), params, xs, ys, samples=2)
+      >>> [d.w.shape for d in estimate]
+      [(4, 3), (2, 4)]
     """
     core.check(net, params, xs, ys)
     check_key(key)
@@ -181,13 +209,18 @@ def diag_ggn_mc(
 
 
 class KFACFactors(NamedTuple):
-    """The Kronecker factors of one layer's GGN block: ``jnp.kron(G, A)``, for one
+    r"""The Kronecker factors of one layer's GGN block: ``jnp.kron(G, A)``, for one
     example, is the block of the parameters ordered as the row-major flattening of the
-    augmented matrix [w^l | b^l].
+    augmented matrix [w^l | b^l], \( G \otimes A \).
 
     Attributes:
       A: (n_{l-1} + 1, n_{l-1} + 1): (1/N) sum_i abar_i abar_i^T, abar = [a^{l-1}; 1].
       G: (n_l, n_l): (1/N) sum_i sum_k lambda_ik b_ik b_ik^T, the backpropagated factor.
+
+    Examples:
+      >>> factors = fbp.curvature.KFACFactors(A=jnp.eye(4), G=jnp.eye(2))
+      >>> jnp.kron(factors.G, factors.A).shape
+      (8, 8)
     """
 
     A: Array
@@ -202,11 +235,17 @@ def kfac_factors(
     *,
     net: Network = Network(),
 ) -> list[KFACFactors]:
-    """The Kronecker factors (A, G) of every layer's GGN block, KFLR (BackPACK's name):
+    r"""The Kronecker factors (A, G) of every layer's GGN block, KFLR (BackPACK's name):
     the exact factor of H (as for `diag_ggn`) backpropagated, not a sampled one.
 
     A = (1/N) sum_i abar_i abar_i^T with abar = [a^{l-1}; 1] (bias last), and
-    G = (1/N) sum_i sum_k lambda_ik b_ik b_ik^T. For one example ``jnp.kron(G, A)`` is
+    G = (1/N) sum_i sum_k lambda_ik b_ik b_ik^T:
+
+    \[ A = \frac{1}{N} \sum_i \bar a_i \bar a_i^\top, \quad \bar a_i = \begin{bmatrix}
+    a_i^{l-1} \\ 1 \end{bmatrix}, \qquad G = \frac{1}{N} \sum_i \sum_k \lambda_{ik}
+    b_{ik} b_{ik}^\top. \]
+
+    For one example ``jnp.kron(G, A)`` is
     exactly the GGN block of layer l; for a batch, kron of the means approximates the
     mean of the krons (the K-FAC approximation).
 
@@ -218,6 +257,12 @@ def kfac_factors(
 
     Returns:
       A list of `KFACFactors`, one per layer, layer 1 first.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> [(f.A.shape, f.G.shape) for f in fbp.curvature.kfac_factors(params, xs, ys)]
+      [((4, 4), (4, 4)), ((5, 5), (2, 2))]
     """
     core.check(net, params, xs, ys)
     cache, weights, columns = _factor_columns(net, params, xs, ys)
@@ -238,28 +283,56 @@ class CurvatureTransformation(optax.GradientTransformationExtraArgs):
     the mini-batch, structure of params). It declares that input in ``extra_inputs``,
     so `training.train_step` and `training.epoch` compute it in the same step and pass
     it. Wrap an `optax.chain` that contains `scale_by_diag_ggn` in it to keep that:
-    ``CurvatureTransformation(*optax.chain(...))``."""
+    ``CurvatureTransformation(*optax.chain(...))``.
+
+    Examples:
+      >>> optimizer = fbp.curvature.diag_ggn_descent(0.1)
+      >>> isinstance(optimizer, fbp.curvature.CurvatureTransformation), optimizer.extra_inputs[0][0]
+      (True, 'diag_ggn')
+    """
 
     extra_inputs = (("diag_ggn", mean_diag_ggn),)
 
 
 class DiagGGNState(NamedTuple):
-    """The running average of the diagonal GGN and the number of updates."""
+    """The running average of the diagonal GGN and the number of updates.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> state = fbp.curvature.scale_by_diag_ggn().init(params)
+      >>> type(state).__name__, state.curvature[0].w.shape, int(state.count)
+      ('DiagGGNState', (2, 3), 0)
+    """
 
     curvature: Any
     count: Array
 
 
 def scale_by_diag_ggn(damping: float = 0.1, decay: float = 0.9) -> CurvatureTransformation:
-    """g -> g / (c + damping), with c the diagonal GGN of the mini-batch, or with ``decay``
+    r"""g -> g / (c + damping), with c the diagonal GGN of the mini-batch, or with ``decay``
     > 0 its running average c <- decay c + (1 - decay) diag_ggn (bias-corrected, as Adam's
-    second moment): a Newton step in the Gauss-Newton metric, one parameter at a time.
+    second moment): a Newton step in the Gauss-Newton metric, one parameter at a time:
+
+    \[ c_t = \beta c_{t-1} + (1 - \beta) \operatorname{diag} G_t, \qquad g \mapsto
+    \frac{g}{c_t / (1 - \beta^t) + \lambda}, \]
+
+    with \( \beta \) = ``decay`` and \( \lambda \) = ``damping``.
 
     Args:
       damping: added to the curvature; it bounds the step where the curvature is ~0.
         On the digits (sigmoid/softmax/log-likelihood, batch 10), 1e-3 and 1e-2 diverged
         and 0.1 trained well: the scale follows the cost's curvature.
       decay: the running average's decay, in [0, 1); 0 uses each mini-batch's alone.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> optimizer = fbp.curvature.scale_by_diag_ggn(damping=0.1)
+      >>> curvature = fbp.curvature.diag_ggn(params, xs, ys)
+      >>> g = grad(params, xs, ys)
+      >>> updates, _ = optimizer.update(g, optimizer.init(params), params, diag_ggn=curvature)
+      >>> [u.w.shape for u in updates]
+      [(4, 3), (2, 4)]
     """
     check_number(damping, "damping", minimum=0, inclusive=False)
     check_number(decay, "decay", minimum=0)
@@ -291,10 +364,18 @@ def scale_by_diag_ggn(damping: float = 0.1, decay: float = 0.9) -> CurvatureTran
 def diag_ggn_descent(
     learning_rate: float, damping: float = 0.1, decay: float = 0.9
 ) -> CurvatureTransformation:
-    """theta <- theta - learning_rate * g / (diag GGN + damping): `scale_by_diag_ggn`
-    then `optax.scale(-learning_rate)`. Use it as any optax optimizer with
-    `training.train_step` or `training.epoch` (the CLI: ``train --optimizer diag_ggn
-    --damping ...``)."""
+    r"""theta <- theta - learning_rate * g / (diag GGN + damping): `scale_by_diag_ggn`
+    then `optax.scale(-learning_rate)`,
+    \( \theta \leftarrow \theta - \eta \, g / (\operatorname{diag} G + \lambda) \).
+    Use it as any optax optimizer with `training.train_step` or `training.epoch` (the
+    CLI: ``train --optimizer diag_ggn --damping ...``).
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> optimizer = fbp.curvature.diag_ggn_descent(0.1, damping=0.1)
+      >>> len(optimizer.init(params))  # scale_by_diag_ggn's state and optax.scale's
+      2
+    """
     check_number(learning_rate, "learning_rate", minimum=0, inclusive=False)
     chained = optax.chain(scale_by_diag_ggn(damping, decay), optax.scale(-learning_rate))
     return CurvatureTransformation(*chained)

@@ -66,6 +66,11 @@ class Dataset(NamedTuple):
     Attributes:
       x: float32, shape (n, n_in): one flattened, scaled image per row.
       y: int32, shape (n,): the class index (digit) of each row.
+
+    Examples:
+      >>> data = fbp.data.Dataset(np.zeros((2, 64), np.float32), np.array([3, 1], np.int32))
+      >>> data.x.shape, data.y.tolist()
+      ((2, 64), [3, 1])
     """
 
     x: np.ndarray
@@ -73,7 +78,13 @@ class Dataset(NamedTuple):
 
 
 def one_hot(labels: np.ndarray, num_classes: int = 10, dtype=np.float32) -> np.ndarray:
-    """Class indices of shape (...,) to one-hot vectors of shape (..., num_classes)."""
+    """Class indices of shape (...,) to one-hot vectors of shape (..., num_classes).
+
+    Examples:
+      >>> fbp.data.one_hot(np.array([0, 2]), 3)
+      array([[1., 0., 0.],
+             [0., 0., 1.]], dtype=float32)
+    """
     num_classes = check_int(num_classes, "num_classes")
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
@@ -101,6 +112,11 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, 
 
     Returns:
       ``(training, test)`` `Dataset`s.
+
+    Examples:
+      >>> training, test = fbp.data.load_digits()
+      >>> training.x.shape, test.x.shape, test.y.dtype
+      ((1438, 64), (359, 64), dtype('int32'))
     """
     try:
         from sklearn.datasets import load_digits as sklearn_load_digits
@@ -134,6 +150,13 @@ def read_idx(file: PathLike) -> np.ndarray:
 
     Returns:
       An array of the file's shape, in the file's type with native byte order.
+
+    Examples:
+      >>> import pathlib, tempfile
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "tiny-idx1-ubyte"
+      >>> _ = path.write_bytes(bytes([0, 0, 0x08, 1, 0, 0, 0, 3, 7, 8, 9]))  # 3 uint8
+      >>> fbp.data.read_idx(path)
+      array([7, 8, 9], dtype=uint8)
     """
     path = Path(file)
     with open(path, "rb") as f:
@@ -226,6 +249,13 @@ def load_mnist(
 
     Returns:
       ``(training, validation, test)``.
+
+    Examples:
+      >>> import tempfile
+      >>> fbp.data.load_mnist(tempfile.mkdtemp())  # doctest: +IGNORE_EXCEPTION_DETAIL
+      Traceback (most recent call last):
+        ...
+      FileNotFoundError: MNIST files missing from ...
     """
     if path is None:
         path = os.environ.get("FUNCTIONAL_BP_MNIST") or _cache_dir(cache_dir)
@@ -315,6 +345,14 @@ def download_mnist(
     Raises:
       OSError: a download failed (HTTP or connection error).
       ValueError: a downloaded file does not match its checksum.
+
+    Examples:
+      >>> import tempfile
+      >>> directory = fbp.data.download_mnist(tempfile.mkdtemp(), checksums={})  # no files
+      >>> directory.is_dir(), list(directory.iterdir())
+      (True, [])
+      >>> fbp.data.download_mnist()  # doctest: +SKIP
+      PosixPath('/home/you/.cache/functional_bp/mnist')
     """
     directory = _cache_dir(cache_dir)
     directory.mkdir(parents=True, exist_ok=True)

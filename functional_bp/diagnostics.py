@@ -44,6 +44,11 @@ class LayerNorms(NamedTuple):
       delta: ||delta^l|| of the mini-batch mean, i.e. ||dC/db^l|| (eq 7): the book's
         "speed of learning" of layer l.
       weight_grad: ||dC/dw^l||_F (eq 99).
+
+    Examples:
+      >>> norms = fbp.diagnostics.LayerNorms(jnp.ones(2), jnp.zeros(2))
+      >>> norms.delta.shape, norms.weight_grad.shape
+      ((2,), (2,))
     """
 
     delta: Array
@@ -61,6 +66,13 @@ def layer_gradient_norms(
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
       net: the `Network`.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> norms = fbp.diagnostics.layer_gradient_norms(params, xs, ys)
+      >>> norms.delta.shape, bool(jnp.all(norms.weight_grad > 0))
+      ((2,), True)
     """
     core.check(net, params, xs, ys)
     grads = core.mean_value_and_grad(net, params, xs, ys)[1]
@@ -100,6 +112,13 @@ def correct(params: Params, xs: Array, labels: Array, *, net: Network = Network(
       xs: shape (batch, n_in).
       labels: class indices, integers of shape (batch,).
       net: the `Network` (its cost is not used).
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> xs = jax.random.normal(jax.random.key(1), (4, 3))
+      >>> labels = jnp.argmax(mlp(params, xs), axis=-1)  # the network's own guesses
+      >>> int(fbp.diagnostics.correct(params, xs, labels))
+      4
     """
     core.check(net, params, xs, batched=True)
     _check_labels(labels, xs, np.shape(params[-1].w)[0])
@@ -132,6 +151,13 @@ def evaluate(
       labels: class indices, integers of shape (num_examples,).
       batch_size: examples per jitted call.
       net: the `Network` (its cost is not used).
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> xs = jax.random.normal(jax.random.key(1), (5, 3))
+      >>> labels = jnp.argmax(mlp(params, xs), axis=-1)
+      >>> fbp.diagnostics.evaluate(params, xs, labels, batch_size=2)
+      5
     """
     core.check(net, params, xs, batched=True)
     _check_labels(labels, xs, np.shape(params[-1].w)[0])
@@ -142,14 +168,31 @@ def evaluate(
 def accuracy(
     params: Params, xs: Array, labels: Array, *, batch_size: int = 10_000, net: Network = Network()
 ) -> float:
-    """The fraction of examples classified correctly (`evaluate` / number of examples)."""
+    """The fraction of examples classified correctly (`evaluate` / number of examples).
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> xs = jax.random.normal(jax.random.key(1), (4, 3))
+      >>> fbp.diagnostics.accuracy(params, xs, jnp.argmax(mlp(params, xs), axis=-1))
+      1.0
+    """
     check_nonempty(xs)
     return evaluate(params, xs, labels, batch_size=batch_size, net=net) / xs.shape[0]
 
 
 def l2_term(params: Params, weight_decay) -> Array:
-    """network2.py's L2 term of the cost, lmbda/(2n) sum_l ||w^l||^2 = (wd/2) sum_l
-    ||w^l||^2 with wd = lmbda / n (biases excluded)."""
+    r"""network2.py's L2 term of the cost, lmbda/(2n) sum_l ||w^l||^2 = (wd/2) sum_l
+    ||w^l||^2 with wd = lmbda / n (biases excluded):
+
+    \[ \frac{\lambda}{2n} \sum_l \lVert w^l \rVert^2
+        = \frac{\mathrm{wd}}{2} \sum_l \lVert w^l \rVert^2,
+        \qquad \mathrm{wd} = \frac{\lambda}{n} \]
+
+    Examples:
+      >>> params = [Layer(jnp.ones((2, 3)), jnp.ones(2))]  # sum of w^2 = 6
+      >>> float(fbp.diagnostics.l2_term(params, 0.5))
+      1.5
+    """
     return 0.5 * weight_decay * sum(jnp.sum(layer.w**2) for layer in params)
 
 
@@ -162,7 +205,8 @@ def total_cost(
     batch_size: int = 10_000,
     net: Network = Network(),
 ) -> float:
-    """network2.py's ``total_cost``: the mean cost plus the L2 term (wd/2) sum w^2.
+    r"""network2.py's ``total_cost``: the mean cost plus the L2 term (wd/2) sum w^2
+    (`l2_term`), \( \frac{1}{n} \sum_x C_x + \frac{\mathrm{wd}}{2} \sum_l \lVert w^l \rVert^2 \).
 
     Args:
       params: a list of `Layer`.
@@ -171,6 +215,13 @@ def total_cost(
       weight_decay: wd = lmbda / n, as for `functional_bp.sgd_step`.
       batch_size: examples per jitted call.
       net: the `Network`.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> xs, ys = jnp.ones((4, 3)), jnp.zeros((4, 2))
+      >>> cost = fbp.diagnostics.total_cost(params, xs, ys, weight_decay=0.1)
+      >>> isinstance(cost, float), cost > fbp.diagnostics.total_cost(params, xs, ys)
+      (True, True)
     """
     core.check(net, params, xs, ys)
     check_number(weight_decay, "weight_decay", minimum=0)
@@ -188,7 +239,12 @@ def _summed_cost(params, xs, ys, *, net):
 
 
 class TrainingDiverged(FloatingPointError):
-    """Training produced a NaN or infinite cost or params, or params beyond ``max_abs``."""
+    """Training produced a NaN or infinite cost or params, or params beyond ``max_abs``.
+
+    Examples:
+      >>> issubclass(fbp.diagnostics.TrainingDiverged, FloatingPointError)
+      True
+    """
 
 
 @jax.jit
@@ -219,6 +275,14 @@ def check_divergence(
       cost: the cost after the epoch, or None to check the params alone.
       epoch: named in the message.
       max_abs: the largest magnitude a param may reach; None for no limit.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> fbp.diagnostics.check_divergence(params, 0.5)  # healthy: returns None
+      >>> fbp.diagnostics.check_divergence(params, float("nan"), epoch=3)
+      Traceback (most recent call last):
+        ...
+      functional_bp.diagnostics.TrainingDiverged: training diverged at epoch 3 (cost nan)
     """
     check_params(params)
     finite, largest = _health(params)

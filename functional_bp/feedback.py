@@ -1,15 +1,22 @@
-"""The backward pass as an experiment: eq 96 with other matrices than (w^{l+1})^T.
+r"""The backward pass as an experiment: eq 96 with other matrices than (w^{l+1})^T.
+
+Eq 96 is \( \delta^l = (w^{l+1})^\top \delta^{l+1} \odot \sigma'(z^l) \); each rule
+replaces \( w^{l+1} \):
 
 - ``"fa"``, feedback alignment (Lillicrap et al., Nature Communications 2016): a fixed
   random B^l of the shape of w^{l+1} in place of w^{l+1}:
-  delta^l = (B^l)^T delta^{l+1} ⊙ sigma'(z^l).
+  delta^l = (B^l)^T delta^{l+1} ⊙ sigma'(z^l), i.e.
+  \( \delta^l = (B^l)^\top \delta^{l+1} \odot \sigma'(z^l) \).
 - ``"dfa"``, direct feedback alignment (Nøkland, NeurIPS 2016): the output error sent
   straight to every hidden layer, delta^l = (B^l)^T delta^L ⊙ sigma'(z^l), B^l of shape
-  (n_L, n_l).
+  (n_L, n_l): \( \delta^l = (B^l)^\top \delta^L \odot \sigma'(z^l) \).
 - ``"sign"``, sign symmetry (Liao, Leibo and Poggio, AAAI 2016): sign(w^{l+1}) in place
-  of w^{l+1}; no feedback matrices.
+  of w^{l+1}; no feedback matrices:
+  \( \delta^l = \operatorname{sign}(w^{l+1})^\top \delta^{l+1} \odot \sigma'(z^l) \).
 - ``"kp"``, Kolen-Pollack (Akrout et al., NeurIPS 2019): fa's pass, and B trained with
-  the same update as w^{l+1} plus weight decay, so that B converges to w^{l+1}.
+  the same update as w^{l+1} plus weight decay, so that B converges to w^{l+1}:
+  \( B^l \leftarrow B^l - \eta (g_{w^{l+1}} + \lambda B^l) \), with \( g_{w^{l+1}} \) the
+  rule's direction for \( w^{l+1} \).
 
 delta^L is eqs 90-91 and the weight update eq 99, unchanged: each rule is `hidden_error`
 (eq 96) called with another matrix.
@@ -84,14 +91,21 @@ def _check_feedback(params: Params, feedback, rule: str) -> None:
 def init_feedback(
     key: Array, params: Params, rule: str, *, scale: Optional[float] = None
 ) -> Optional[list[Array]]:
-    """The fixed random feedback matrices of a rule, hidden layer 1 first; None for "sign".
+    r"""The fixed random feedback matrices of a rule, hidden layer 1 first; None for "sign".
 
     For "fa" and "kp" entry l-1 has the shape of w^{l+1}, (n_{l+1}, n_l), and replaces it
     in eq 96; for "dfa" it has shape (n_L, n_l). Entries are drawn N(0, scale^2), by
-    default scale = 1/sqrt(n_l): the scale of network2.py's initialisation for a layer of
-    that fan-in. The size of B sets how fast the hidden layers learn under fa and dfa
-    (their updates are proportional to it), so it is a hyperparameter like eta:
-    Lillicrap et al. draw from a fixed uniform interval instead.
+    default scale = 1/sqrt(n_l), \( B_{jk} \sim \mathcal{N}(0, 1/n_l) \): the scale of
+    network2.py's initialisation for a layer of that fan-in. The size of B sets how fast
+    the hidden layers learn under fa and dfa (their updates are proportional to it), so
+    it is a hyperparameter like eta: Lillicrap et al. draw from a fixed uniform interval instead.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> [b.shape for b in fbp.feedback.init_feedback(jax.random.key(1), params, "fa")]
+      [(2, 4)]
+      >>> fbp.feedback.init_feedback(jax.random.key(1), params, "sign") is None
+      True
     """
     check_key(key)
     check_number(scale, "scale", minimum=0, inclusive=False, optional=True)
@@ -145,8 +159,10 @@ def feedback_grad(
     rule: str,
     net: Network = Network(),
 ) -> list[Layer]:
-    """A rule's mean update direction over the mini-batch, in the structure of params:
-    delta^L from eqs 90-91, the rule's replacement for eq 96, eq 99 unchanged.
+    r"""A rule's mean update direction over the mini-batch, in the structure of params:
+    delta^L from eqs 90-91, the rule's replacement for eq 96, eq 99 unchanged:
+    \( \delta^l = M^l \delta^{l+1} \odot \sigma'(z^l) \) with the rule's matrix \( M^l \)
+    in place of \( (w^{l+1})^\top \) (for "dfa", \( (B^l)^\top \delta^L \)).
 
     With ``feedback`` equal to the forward weights (``[l.w for l in params[1:]]`` for
     "fa" and "kp"; ``[params[1].w]`` for "dfa" with one hidden layer) it equals `grad`.
@@ -158,6 +174,13 @@ def feedback_grad(
       ys: shape (batch, n_out).
       rule: "fa", "dfa", "sign" or "kp" (kp's direction is fa's).
       net: the `Network`.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> same = fbp.feedback.feedback_grad(params, [params[1].w], xs, ys, rule="fa")
+      >>> all(bool(jnp.allclose(f.w, g.w)) for f, g in zip(same, grad(params, xs, ys)))
+      True
     """
     _check(net, params, feedback, xs, ys, rule)
     return _mean_feedback_grad(net, params, feedback, xs, ys, rule)
@@ -172,6 +195,11 @@ class Alignment(NamedTuple):
       feedback: (L-1,): between w^{l+1} and the matrix that replaces it (B^l for "fa" and
         "kp", sign(w^{l+1}) for "sign"), as Lillicrap et al. plot; NaN for "dfa", whose
         B^l has another shape.
+
+    Examples:
+      >>> angles = fbp.feedback.Alignment(update=jnp.zeros(2), feedback=jnp.zeros(1))
+      >>> angles.update.shape, angles.feedback.shape
+      ((2,), (1,))
     """
 
     update: Array
@@ -193,9 +221,11 @@ def alignment_angles(
     rule: str,
     net: Network = Network(),
 ) -> Alignment:
-    """How far a rule is from backprop: per layer the angle between its weight update
-    and the true gradient, and between w^{l+1} and its replacement. One forward pass and
-    delta^L are shared; the rule's backward pass is the one extra pass over `grad`.
+    r"""How far a rule is from backprop: per layer the angle between its weight update
+    and the true gradient, and between w^{l+1} and its replacement,
+    \( \arccos \frac{\langle u, v \rangle}{\lVert u \rVert \lVert v \rVert} \) in degrees.
+    One forward pass and delta^L are shared; the rule's backward pass is the one extra
+    pass over `grad`.
 
     Args:
       params: a list of `Layer`.
@@ -207,6 +237,14 @@ def alignment_angles(
 
     Returns:
       `Alignment`: ``update`` of shape (L,) and ``feedback`` of shape (L-1,), degrees.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> feedback = fbp.feedback.init_feedback(jax.random.key(1), params, "fa")
+      >>> angles = fbp.feedback.alignment_angles(params, feedback, xs, ys, rule="fa")
+      >>> angles.update.shape, angles.feedback.shape
+      ((2,), (1,))
     """
     _check(net, params, feedback, xs, ys, rule)
     cache, _, delta_L = core.output_errors(net, params, xs, ys, scale=1.0 / xs.shape[0])
@@ -227,6 +265,12 @@ class FeedbackParams(NamedTuple):
     Attributes:
       params: a list of `Layer`.
       feedback: `init_feedback`'s matrices, hidden layer 1 first; None for "sign".
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> state = fbp.feedback.FeedbackParams(params, [params[1].w])
+      >>> len(state.params), state.feedback[0].shape
+      (2, (2, 4))
     """
 
     params: Params
@@ -235,13 +279,14 @@ class FeedbackParams(NamedTuple):
 
 @core.gradient_class
 class RuleGradient(core.Gradient):
-    """A learning rule as a training gradient, on `FeedbackParams`.
+    r"""A learning rule as a training gradient, on `FeedbackParams`.
 
     The direction of the params is `feedback_grad`'s. The feedback matrices' direction
     is zero for "fa" and "dfa" (B stays fixed) and, for "kp" (Kolen-Pollack), w^{l+1}'s
     own direction plus ``weight_decay`` B^l: with `optax.sgd` B^l gets the same update
     as w^{l+1} and decays, so with the same decay on the weights (`training.sgd(eta,
-    weight_decay)`) B^l - w^{l+1} shrinks by (1 - eta wd) every step.
+    weight_decay)`) B^l - w^{l+1} shrinks by (1 - eta wd) every step:
+    \( B^l - w^{l+1} \leftarrow (1 - \eta \lambda) (B^l - w^{l+1}) \).
 
     Example::
 
@@ -253,6 +298,14 @@ class RuleGradient(core.Gradient):
     Attributes:
       rule: "fa", "dfa", "sign" or "kp" (static).
       weight_decay: kp's decay of B (a leaf: traced).
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> state = fbp.feedback.FeedbackParams(params, [params[1].w])
+      >>> step = fbp.feedback.RuleGradient("kp", weight_decay=1e-4)(None, Network(), state, xs, ys)
+      >>> [g.w.shape for g in step.params], step.feedback[0].shape
+      ([(4, 3), (2, 4)], (2, 4))
     """
 
     rule: str = dataclasses.field(metadata={"static": True})

@@ -25,7 +25,12 @@ _TOLERANCES = {np.dtype(np.float64): (1e-10, 1e-6), np.dtype(np.float32): (1e-4,
 
 
 def tolerances(dtype) -> tuple[float, float]:
-    """The relative tolerances (vs jax.grad, vs finite differences) used for ``dtype``."""
+    """The relative tolerances (vs jax.grad, vs finite differences) used for ``dtype``.
+
+    Examples:
+      >>> fbp.gradcheck.tolerances(np.float64)
+      (1e-10, 1e-06)
+    """
     dtype = np.dtype(dtype)
     if dtype in _TOLERANCES:
         return _TOLERANCES[dtype]
@@ -38,6 +43,12 @@ class LeafCheck(NamedTuple):
 
     Relative errors are normwise: max |manual - reference| / max |reference| over the
     leaf, which stays meaningful where single entries are zero.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 2], dtype=jnp.float64)
+      >>> row = check_gradients(params, jnp.ones((4, 3)), jnp.zeros((4, 2))).rows[0]
+      >>> row.layer, row.leaf, row.shape, row.ok
+      (1, 'w', (2, 3), True)
     """
 
     layer: int
@@ -53,7 +64,14 @@ class LeafCheck(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class GradCheck:
-    """The result of `check_gradients`: ``.ok``, ``.rows``, and a table when printed."""
+    """The result of `check_gradients`: ``.ok``, ``.rows``, and a table when printed.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2], dtype=jnp.float64)
+      >>> result = check_gradients(params, jnp.ones((5, 3)), jnp.zeros((5, 2)))
+      >>> result.ok, len(result.rows), str(result).splitlines()[-1]
+      (True, 4, 'all ok')
+    """
 
     rows: tuple[LeafCheck, ...]
     dtype: str
@@ -127,14 +145,18 @@ def check_gradients(
     fd_entries: int = 16,
     fd_step: Optional[float] = None,
 ) -> GradCheck:
-    """Compares the hand-written `grad` with ``jax.grad(loss)`` and finite differences.
+    r"""Compares the hand-written `grad` with ``jax.grad(loss)`` and finite differences.
 
     Finite differences are chapter 10's eq 78, dC/dw ≈ ΔC/Δw, taken centrally:
     (C(w + h) - C(w - h)) / 2h with h = step * max(1, |w|), on ``fd_entries`` random
-    entries of every leaf (all entries of smaller leaves). A leaf passes when its error
-    against jax.grad is at most ``rtol_autodiff`` times its largest entry, and its error
-    against finite differences at most ``rtol_fd`` times that plus the finite differences'
-    own rounding error, 10 eps |C| / h.
+    entries of every leaf (all entries of smaller leaves):
+
+    \[ \frac{\partial C}{\partial w} \approx \frac{\Delta C}{\Delta w}
+    = \frac{C(w + h) - C(w - h)}{2h}. \]
+
+    A leaf passes when its error against jax.grad is at most ``rtol_autodiff`` times its
+    largest entry, and its error against finite differences at most ``rtol_fd`` times
+    that plus the finite differences' own rounding error, 10 eps |C| / h.
 
     Args:
       params: a list of `Layer`.
@@ -147,6 +169,11 @@ def check_gradients(
 
     Returns:
       A `GradCheck`; ``str()`` of it is a table, ``.ok`` says whether every leaf passed.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2], dtype=jnp.float64)
+      >>> check_gradients(params, jnp.ones((5, 3)), jnp.zeros((5, 2))).ok
+      True
     """
     core.check(net, params, xs, ys)
     fd_entries = check_int(fd_entries, "fd_entries")

@@ -16,8 +16,10 @@ Array = jax.Array
 
 @jit_with_net
 def forward(params: Params, x: Array, *, net: Network = Network()) -> tuple[Array, core.Cache]:
-    """The output a^L and the `Cache` of z^l and a^l that backprop needs (001 notes eqs
+    r"""The output a^L and the `Cache` of z^l and a^l that backprop needs (001 notes eqs
     1-2: z^l = w^l a^{l-1} + b^l, a^l = sigma(z^l)).
+
+    \[ z^l = w^l a^{l-1} + b^l, \qquad a^l = \sigma(z^l) \]
 
     Args:
       params: a list of `Layer`.
@@ -50,6 +52,11 @@ def loss(params: Params, xs: Array, ys: Array, *, net: Network = Network()) -> A
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
       net: the `Network`.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> loss(params, jnp.ones((4, 3)), jnp.zeros((4, 2))).shape
+      ()
     """
     core.check(net, params, xs, ys)
     return core.mean_cost(net, params, xs, ys)
@@ -69,6 +76,12 @@ def value_and_grad(
 
     Returns:
       The mean cost and the mean of the per-example gradients.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> value, g = value_and_grad(params, jnp.ones((4, 3)), jnp.zeros((4, 2)))
+      >>> value.shape, g[0].w.shape, g[0].b.shape
+      ((), (2, 3), (2,))
     """
     core.check(net, params, xs, ys)
     return core.mean_value_and_grad(net, params, xs, ys)
@@ -76,12 +89,15 @@ def value_and_grad(
 
 @jit_with_net
 def grad(params: Params, xs: Array, ys: Array, *, net: Network = Network()) -> list[Layer]:
-    """The mean over the mini-batch of the per-example gradients of `backprop`.
+    r"""The mean over the mini-batch of the per-example gradients of `backprop`.
 
     Error terms are computed for every example (eqs 90-91, then eq 96 as one matrix
     product per layer); eq 99 is then summed over the batch as one matrix product per
     layer, sum_i delta_i a_i^T = Delta^T A, with the 1/batch folded into delta^L: the
     gradient network.py's ``update_mini_batch`` averages.
+
+    \[ \frac{\partial C}{\partial w^l} = \frac{1}{B} \sum_{i=1}^{B} \delta^l_i
+    (a^{l-1}_i)^T \]
 
     Args:
       params: a list of `Layer`.
@@ -104,10 +120,13 @@ def grad(params: Params, xs: Array, ys: Array, *, net: Network = Network()) -> l
 
 @jit_with_net
 def error_terms(params: Params, x: Array, y: Array, *, net: Network = Network()) -> list[Array]:
-    """The error terms delta^l = dC/dz^l of every layer, for one example.
+    r"""The error terms delta^l = dC/dz^l of every layer, for one example.
 
     delta^L = dC/da^L ⊙ sigma'(z^L) (chapter 10 eqs 90-91, `output_error`), then,
-    backwards, delta^l = (w^{l+1})^T delta^{l+1} ⊙ sigma'(z^l) (eq 96, `hidden_error`).
+    backwards, delta^l = (w^{l+1})^T delta^{l+1} ⊙ sigma'(z^l) (eq 96, `hidden_error`):
+
+    \[ \delta^L = \nabla_a C \odot \sigma'(z^L), \qquad
+    \delta^l = (w^{l+1})^T \delta^{l+1} \odot \sigma'(z^l) \]
 
     Args:
       params: a list of `Layer`.
@@ -117,6 +136,11 @@ def error_terms(params: Params, x: Array, y: Array, *, net: Network = Network())
 
     Returns:
       ``[delta^1, ..., delta^L]``, delta^l of shape (n_l,).
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> [delta.shape for delta in error_terms(params, jnp.ones(3), jnp.zeros(2))]
+      [(4,), (2,)]
     """
     core.check(net, params, x, y, batched=False)
     return [delta[0] for delta in core.backprop_batch(net, params, x[None], y[None]).deltas]
@@ -124,10 +148,13 @@ def error_terms(params: Params, x: Array, y: Array, *, net: Network = Network())
 
 @jit_with_net
 def backprop(params: Params, x: Array, y: Array, *, net: Network = Network()) -> list[Layer]:
-    """The gradient of the cost of one example: network.py's ``backprop``.
+    r"""The gradient of the cost of one example: network.py's ``backprop``.
 
     dC/dw^l = delta^l (a^{l-1})^T (chapter 10 eq 99, 001 notes eq 6, `layer_gradient`)
-    and dC/db^l = delta^l (001 notes eq 7), with the delta^l of `error_terms`.
+    and dC/db^l = delta^l (001 notes eq 7), with the delta^l of `error_terms`:
+
+    \[ \frac{\partial C}{\partial w^l} = \delta^l (a^{l-1})^T, \qquad
+    \frac{\partial C}{\partial b^l} = \delta^l \]
 
     Args:
       params: a list of `Layer`.
@@ -137,6 +164,12 @@ def backprop(params: Params, x: Array, y: Array, *, net: Network = Network()) ->
 
     Returns:
       A list of `Layer(dC/dw, dC/db)`, the structure of ``params``.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> x, y = jnp.ones(3), jnp.zeros(2)
+      >>> bool(jnp.allclose(backprop(params, x, y)[0].w, grad(params, x[None], y[None])[0].w))
+      True
     """
     core.check(net, params, x, y, batched=False)
     return core.mean_value_and_grad(net, params, x[None], y[None])[1]

@@ -44,6 +44,13 @@ def save_params(path: str | os.PathLike, params: Params, *, feedback=None, **met
         are not strict JSON (NaN included).
       TypeError: a metadata value is not JSON-able, or params are not a list of `Layer`.
       OSError: ``path`` cannot be written (named in the message).
+
+    Examples:
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), "params.npz")
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> fbp.io.save_params(path, params, activation="sigmoid").name
+      'params.npz'
     """
     sizes = check_params(params)
     reserved = sorted(set(metadata) & set(_RESERVED))
@@ -74,7 +81,16 @@ def _restored(array: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
 
 
 def load_feedback(path: str | os.PathLike) -> Optional[list[np.ndarray]]:
-    """The feedback matrices `save_params` stored with the params, or None."""
+    """The feedback matrices `save_params` stored with the params, or None.
+
+    Examples:
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), "params.npz")
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> _ = fbp.io.save_params(path, params, feedback=[jnp.ones_like(params[0].w)])
+      >>> [matrix.shape for matrix in fbp.io.load_feedback(path)]
+      [(2, 3)]
+    """
     return load_params(path)[1].get("feedback")
 
 
@@ -84,6 +100,14 @@ def load_params(path: str | os.PathLike) -> tuple[list[Layer], dict[str, Any]]:
     Raises:
       FileNotFoundError: no such file.
       ValueError: not such a file, or its arrays don't match its recorded sizes.
+
+    Examples:
+      >>> import os, tempfile
+      >>> path = os.path.join(tempfile.mkdtemp(), "params.npz")
+      >>> _ = fbp.io.save_params(path, init_mlp(jax.random.key(0), [3, 2]), cost="quadratic")
+      >>> params, metadata = fbp.io.load_params(path)
+      >>> params[0].w.shape, metadata
+      ((2, 3), {'sizes': [3, 2], 'cost': 'quadratic'})
     """
     path = Path(path)
     try:

@@ -30,11 +30,6 @@ from functional_bp.costs import Cost, check_compatible, get_cost
 class Network:
     """The activations and the cost of a fully connected network.
 
-    Example::
-
-        net = Network(activation="relu", output_activation="softmax", cost="log_likelihood")
-        grads = functional_bp.grad(params, xs, ys, net=net)
-
     Attributes:
       activation: sigma of the hidden layers 1..L-1: "sigmoid", "tanh", "relu",
         "identity", "softmax" or your own `Activation`.
@@ -48,6 +43,15 @@ class Network:
     ``Network("sigmoid") == Network(SIGMOID)``. A cost defined only on (0, 1)
     (cross-entropy, log-likelihood) after an output activation that leaves it (tanh,
     relu, identity) is refused here, with the fix in the message.
+
+    Examples:
+      >>> net = Network(activation="relu", output_activation="softmax", cost="log_likelihood")
+      >>> params, xs = init_mlp(jax.random.key(0), [3, 2]), jnp.ones((4, 3))
+      >>> ys = jnp.eye(2)[jnp.array([0, 1, 0, 1])]  # one-hot targets
+      >>> grad(params, xs, ys, net=net)[0].w.shape
+      (2, 3)
+      >>> Network("sigmoid") == Network()
+      True
     """
 
     activation: str | Activation = "sigmoid"
@@ -88,7 +92,13 @@ class Network:
         )
 
     def layer_activation(self, l: int, num_layers: int) -> Activation:
-        """sigma of layer l (1-based): the output activation for l = L."""
+        """sigma of layer l (1-based): the output activation for l = L.
+
+        Examples:
+          >>> net = Network(activation="relu", output_activation="softmax")
+          >>> net.layer_activation(1, 2).name, net.layer_activation(2, 2).name
+          ('relu', 'softmax')
+        """
         return self.output_activation if l == num_layers else self.activation
 
 
@@ -97,7 +107,15 @@ jit_with_net = functools.partial(jax.jit, static_argnames="net")
 
 
 def check_network(net) -> Network:
-    """Raises TypeError unless ``net`` is a `Network` (names go through `Network(...)`)."""
+    """Raises TypeError unless ``net`` is a `Network` (names go through `Network(...)`).
+
+    Examples:
+      >>> fbp.network.check_network(Network()) == Network()
+      True
+      >>> fbp.network.check_network("sigmoid")
+      Traceback (most recent call last):
+      TypeError: Expected net to be a functional_bp.Network, got str 'sigmoid' instead; ...
+    """
     if not isinstance(net, Network):
         raise TypeError(
             f"Expected net to be a functional_bp.Network, got {type(net).__name__} {net!r} "
@@ -123,7 +141,12 @@ def _check_returns(what: str, fn, args: tuple, expected: tuple) -> None:
 def check_contracts(net: Network, sizes: tuple[int, ...], dtype: np.dtype, with_cost: bool) -> None:
     """Checks with `jax.eval_shape` that every `Activation` and `Cost` keeps its contract
     on one example: sigma, sigma' and the VJP return z's shape (n,); C returns a scalar
-    and dC/da (or a closed-form delta^L) a's shape (n_out,)."""
+    and dC/da (or a closed-form delta^L) a's shape (n_out,).
+
+    Examples:
+      >>> fbp.network.check_contracts(Network(), (3, 4, 2), np.dtype("float32"), True) is None
+      True
+    """
     num_layers = len(sizes) - 1
     seen = set()
     for l, n in enumerate(sizes[1:], start=1):

@@ -35,7 +35,13 @@ __all__ = ["ShardedGradient", "data_mesh", "data_parallel_epoch", "data_parallel
 
 
 def data_mesh(num_devices: Optional[int] = None, axis: str = "data") -> Mesh:
-    """A one-axis `Mesh` over the first ``num_devices`` devices (default: all of them)."""
+    """A one-axis `Mesh` over the first ``num_devices`` devices (default: all of them).
+
+    Examples:
+      >>> mesh = fbp.parallel.data_mesh(1)
+      >>> mesh.axis_names, mesh.devices.shape
+      (('data',), (1,))
+    """
     devices = jax.devices()
     num_devices = len(devices) if num_devices is None else check_int(num_devices, "num_devices")
     if num_devices > len(devices):
@@ -67,6 +73,13 @@ class ShardedGradient(core.Gradient):
     Attributes:
       mesh: a `jax.sharding.Mesh`, for example `data_mesh()` (static).
       axis: the mesh axis the batch is split over (static).
+
+    Examples:
+      >>> gradient = fbp.parallel.ShardedGradient(fbp.parallel.data_mesh(1))
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> grads = gradient(None, Network(), params, jnp.ones((4, 3)), jnp.zeros((4, 2)))
+      >>> [g.w.shape for g in grads]
+      [(2, 3)]
     """
 
     mesh: Mesh = dataclasses.field(metadata={"static": True})
@@ -112,6 +125,13 @@ def data_parallel_grad(
 
     Raises:
       ValueError: the batch does not divide across the devices of ``axis``.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> xs, ys = jnp.ones((4, 3)), jnp.zeros((4, 2))
+      >>> grads = fbp.parallel.data_parallel_grad(fbp.parallel.data_mesh(1), params, xs, ys)
+      >>> bool(jnp.allclose(grads[0].w, grad(params, xs, ys)[0].w))
+      True
     """
     gradient = ShardedGradient(mesh, axis)
     gradient.check(net, params, xs, ys)
@@ -173,6 +193,14 @@ def data_parallel_epoch(
 
     Returns:
       The params after the epoch, replicated over ``mesh``.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> xs, ys = np.ones((8, 3)), np.zeros((8, 2))
+      >>> new = fbp.parallel.data_parallel_epoch(
+      ...     jax.random.key(1), fbp.parallel.data_mesh(1), params, xs, ys, 0.5, batch_size=4)
+      >>> [layer.w.shape for layer in new]
+      [(2, 3)]
     """
     core.check(net, params, xs, ys)
     batch_size = check_int(batch_size, "batch_size")

@@ -24,6 +24,11 @@ class Layer(NamedTuple):
       w: shape (n_out, n_in); ``w[j, k]`` is the weight from neuron k of layer l-1 to
         neuron j of layer l (the w_jk of the 001 notes).
       b: shape (n_out,); ``b[j]`` is the bias of neuron j of layer l.
+
+    Examples:
+      >>> layer = Layer(w=jnp.zeros((2, 3)), b=jnp.zeros(2))
+      >>> layer.w.shape, layer.b.shape
+      ((2, 3), (2,))
     """
 
     w: Array
@@ -52,6 +57,11 @@ def init_mlp(
 
     Returns:
       A list of ``len(sizes) - 1`` `Layer`s.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2], init="scaled_normal")
+      >>> [(layer.w.shape, layer.b.shape) for layer in params]
+      [((4, 3), (4,)), ((2, 4), (2,))]
     """
     check_key(key)
     sizes = [check_int(n, f"sizes[{i}]") for i, n in enumerate(sizes)]
@@ -76,5 +86,10 @@ def init_mlp(
 
 
 def layer_sizes(params: Params) -> list[int]:
-    """The ``sizes`` list that `init_mlp` would take for these params."""
+    """The ``sizes`` list that `init_mlp` would take for these params.
+
+    Examples:
+      >>> fbp.params.layer_sizes(init_mlp(jax.random.key(0), [3, 4, 2]))
+      [3, 4, 2]
+    """
     return [params[0].w.shape[1]] + [layer.w.shape[0] for layer in params]

@@ -1,8 +1,13 @@
-"""Per-example gradients, their norms, clipping and DP-SGD, from the error terms.
+r"""Per-example gradients, their norms, clipping and DP-SGD, from the error terms.
 
 A dense layer's per-example weight gradient is the outer product delta_i (a_i^{l-1})^T
 (eq 99), so its Frobenius norm is ||delta_i|| ||a_i^{l-1}||, and the bias gradient's is
-||delta_i||. Norms and clipping therefore cost O(batch * sum_l n_l) memory, never the
+||delta_i||:
+
+\[ \lVert \delta_i (a_i^{l-1})^\top \rVert_F = \lVert \delta_i \rVert \, \lVert a_i^{l-1}
+\rVert, \qquad \lVert \partial C_i / \partial b^l \rVert = \lVert \delta_i \rVert. \]
+
+Norms and clipping therefore cost O(batch * sum_l n_l) memory, never the
 O(batch * sum_l n_in n_out) of materialised per-example gradients.
 
 `ClippedGradient` and `PrivateGradient` are the same quantities as gradients for
@@ -43,6 +48,11 @@ class PerExampleNorms(NamedTuple):
       total: shape (batch,): the norm of the whole gradient (every layer, w and b).
       layers: one `Layer(w, b)` per layer, each leaf of shape (batch,): the Frobenius
         norm of dC/dw^l and the norm of dC/db^l for each example.
+
+    Examples:
+      >>> norms = fbp.per_example.PerExampleNorms(jnp.ones(5), [Layer(jnp.ones(5), jnp.ones(5))])
+      >>> norms.total.shape, norms.layers[0].w.shape
+      ((5,), (5,))
     """
 
     total: Array
@@ -61,6 +71,12 @@ def per_example_grads(params: Params, xs: Array, ys: Array, *, net: Network = Ne
 
     Returns:
       A list of `Layer`; every leaf has a leading batch axis: w is (batch, n_out, n_in).
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> [g.w.shape for g in fbp.per_example.per_example_grads(params, xs, ys)]
+      [(5, 4, 3), (5, 2, 4)]
     """
     core.check(net, params, xs, ys)
     record = core.backprop_batch(net, params, xs, ys)
@@ -79,8 +95,17 @@ def _norm(x: Array) -> Array:
 
 
 def norms_from_record(record: core.Record) -> PerExampleNorms:
-    """||delta_i a_i^T||_F = ||delta_i|| ||a_i|| per layer (eq 99 is an outer product)
-    and ||delta_i|| for the bias (eq 7), from the core's record; in at least float32."""
+    r"""||delta_i a_i^T||_F = ||delta_i|| ||a_i|| per layer (eq 99 is an outer product)
+    and ||delta_i|| for the bias (eq 7), from the core's record; in at least float32:
+    \( \lVert \delta_i a_i^\top \rVert_F = \lVert \delta_i \rVert \, \lVert a_i \rVert \).
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> record = fbp.core.backprop_batch(Network(), params, xs, ys)
+      >>> fbp.per_example.norms_from_record(record).total.shape
+      (5,)
+    """
     layers = []
     for delta, a_prev in zip(record.deltas, record.cache.activations):
         delta_norm = _norm(delta)
@@ -93,10 +118,14 @@ def norms_from_record(record: core.Record) -> PerExampleNorms:
 def per_example_grad_norms(
     params: Params, xs: Array, ys: Array, *, net: Network = Network()
 ) -> PerExampleNorms:
-    """The L2 norm of every example's gradient, from the error terms alone.
+    r"""The L2 norm of every example's gradient, from the error terms alone.
 
     ||dC_i/dw^l||_F = ||delta_i^l|| ||a_i^{l-1}|| (eq 99 is an outer product) and
-    ||dC_i/db^l|| = ||delta_i^l|| (eq 7); per-example gradients are never built.
+    ||dC_i/db^l|| = ||delta_i^l|| (eq 7); per-example gradients are never built:
+
+    \[ \lVert \partial C_i / \partial w^l \rVert_F = \lVert \delta_i^l \rVert \,
+    \lVert a_i^{l-1} \rVert, \qquad \lVert \partial C_i / \partial b^l \rVert =
+    \lVert \delta_i^l \rVert. \]
 
     Args:
       params: a list of `Layer`.
@@ -106,6 +135,13 @@ def per_example_grad_norms(
 
     Returns:
       `PerExampleNorms`: ``total`` of shape (batch,) and per-layer ``layers``.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> norms = fbp.per_example.per_example_grad_norms(params, xs, ys)
+      >>> norms.total.shape, len(norms.layers)
+      ((5,), 2)
     """
     core.check(net, params, xs, ys)
     norms = norms_from_record(core.backprop_batch(net, params, xs, ys))
@@ -142,10 +178,12 @@ def _noisy_clipped_mean(key, net, params, xs, ys, clip_norm, noise_multiplier) -
 def clipped_grad(
     params: Params, xs: Array, ys: Array, clip_norm: float, *, net: Network = Network()
 ) -> list[Layer]:
-    """The mean of per-example gradients, each clipped to L2 norm at most ``clip_norm``.
+    r"""The mean of per-example gradients, each clipped to L2 norm at most ``clip_norm``.
 
     mean_i min(1, C/||g_i||) g_i, computed as one weighted backward pass: the weights
-    scale the error terms delta_i before eq 99 sums delta_i a_i^T over the batch.
+    scale the error terms delta_i before eq 99 sums delta_i a_i^T over the batch:
+
+    \[ \bar g = \frac{1}{B} \sum_i \min\left(1, \frac{C}{\lVert g_i \rVert}\right) g_i. \]
 
     Args:
       params: a list of `Layer`.
@@ -153,6 +191,12 @@ def clipped_grad(
       ys: shape (batch, n_out).
       clip_norm: C, the largest norm an example's gradient keeps.
       net: the `Network`.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> [g.w.shape for g in fbp.per_example.clipped_grad(params, xs, ys, 1.0)]
+      [(4, 3), (2, 4)]
     """
     core.check(net, params, xs, ys)
     return _clipped_mean(net, params, xs, ys, clip_norm)
@@ -170,11 +214,15 @@ def private_grad(
     *,
     net: Network = Network(),
 ) -> list[Layer]:
-    """The DP-SGD gradient of Abadi et al. (2016): `clipped_grad` plus Gaussian noise.
+    r"""The DP-SGD gradient of Abadi et al. (2016): `clipped_grad` plus Gaussian noise.
 
     g = (1/B) [sum_i clip_C(g_i) + N(0, sigma^2 C^2 I)], i.e. the clipped mean plus noise
-    of standard deviation sigma C / B on every entry, drawn from ``key``. Feed it to any
-    optax optimizer, or train with `PrivateGradient`.
+    of standard deviation sigma C / B on every entry, drawn from ``key``:
+
+    \[ g = \frac{1}{B} \left[ \sum_i \min\left(1, \frac{C}{\lVert g_i \rVert}\right) g_i
+    + \mathcal{N}(0, \sigma^2 C^2 I) \right]. \]
+
+    Feed it to any optax optimizer, or train with `PrivateGradient`.
 
     Args:
       key: a `jax.random` key for the noise.
@@ -187,6 +235,13 @@ def private_grad(
 
     References:
       Abadi et al., "Deep Learning with Differential Privacy", CCS 2016, Algorithm 1.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> grads = fbp.per_example.private_grad(jax.random.key(1), params, xs, ys, 1.0, 1.1)
+      >>> [g.w.shape for g in grads]
+      [(4, 3), (2, 4)]
     """
     core.check(net, params, xs, ys)
     return _noisy_clipped_mean(key, net, params, xs, ys, clip_norm, noise_multiplier)
@@ -194,8 +249,17 @@ def private_grad(
 
 @core.gradient_class
 class ClippedGradient(core.Gradient):
-    """`clipped_grad` as a training gradient: the mean of per-example gradients clipped
-    to norm ``clip_norm`` (a leaf: traced, per run under `training.many`)."""
+    r"""`clipped_grad` as a training gradient: the mean of per-example gradients clipped
+    to norm ``clip_norm`` (a leaf: traced, per run under `training.many`), each example
+    weighted by \( \min(1, C / \lVert g_i \rVert) \).
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> gradient = fbp.per_example.ClippedGradient(clip_norm=1.0)
+      >>> gradient(None, Network(), params, xs, ys)[0].w.shape
+      (4, 3)
+    """
 
     clip_norm: float
 
@@ -208,8 +272,17 @@ class ClippedGradient(core.Gradient):
 
 @core.gradient_class
 class PrivateGradient(core.Gradient):
-    """`private_grad` as a training gradient (DP-SGD): clipped to ``clip_norm``, plus
-    noise of std ``noise_multiplier * clip_norm / batch`` drawn from the step's key."""
+    r"""`private_grad` as a training gradient (DP-SGD): clipped to ``clip_norm``, plus
+    noise of std ``noise_multiplier * clip_norm / batch`` drawn from the step's key,
+    \( \sigma C / B \).
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> gradient = fbp.per_example.PrivateGradient(clip_norm=1.0, noise_multiplier=1.1)
+      >>> gradient(jax.random.key(1), Network(), params, xs, ys)[0].w.shape
+      (4, 3)
+    """
 
     clip_norm: float
     noise_multiplier: float

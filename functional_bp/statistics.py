@@ -39,16 +39,25 @@ def sum_grad_squared(
     *,
     net: Network = Network(),
 ) -> list[Layer]:
-    """sum_i g_i^2, elementwise, in the structure of params (BackPACK's SumGradSquared).
+    r"""sum_i g_i^2, elementwise, in the structure of params (BackPACK's SumGradSquared).
 
     For layer l: sum_i (delta_i^l)^2 ((a_i^{l-1})^2)^T for w (eq 99 squared entry by
-    entry: one matrix product) and sum_i (delta_i^l)^2 for b.
+    entry: one matrix product) and sum_i (delta_i^l)^2 for b:
+
+    \[ \sum_i (g_i^{w^l})^2 = \sum_i (\delta_i^l)^2 \left((a_i^{l-1})^2\right)^\top,
+    \qquad \sum_i (g_i^{b^l})^2 = \sum_i (\delta_i^l)^2. \]
 
     Args:
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
       net: the `Network`.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> [g.w.shape for g in fbp.statistics.sum_grad_squared(params, xs, ys)]
+      [(4, 3), (2, 4)]
     """
     core.check(net, params, xs, ys)
     return _squares(core.backprop_batch(net, params, xs, ys))
@@ -62,14 +71,23 @@ def grad_variance(
     *,
     net: Network = Network(),
 ) -> list[Layer]:
-    """(1/N) sum_i (g_i - g_bar)^2, elementwise (BackPACK's Variance), as
-    (1/N) sum_i g_i^2 - g_bar^2 from `sum_grad_squared` and the mean gradient g_bar.
+    r"""(1/N) sum_i (g_i - g_bar)^2, elementwise (BackPACK's Variance), as
+    (1/N) sum_i g_i^2 - g_bar^2 from `sum_grad_squared` and the mean gradient g_bar:
+
+    \[ \frac{1}{N} \sum_i (g_i - \bar g)^2 = \frac{1}{N} \sum_i g_i^2 - \bar g^2. \]
 
     Args:
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
       net: the `Network`.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> variance = fbp.statistics.grad_variance(params, xs, ys)
+      >>> [v.w.shape for v in variance], bool(all((v.w >= 0).all() for v in variance))
+      ([(4, 3), (2, 4)], True)
     """
     core.check(net, params, xs, ys)
     result = core.backprop_batch(net, params, xs, ys)
@@ -87,16 +105,26 @@ def batch_dot(
     *,
     net: Network = Network(),
 ) -> Array:
-    """The (N, N) matrix <g_i, g_j> over all parameters (BackPACK's BatchDotGrad).
+    r"""The (N, N) matrix <g_i, g_j> over all parameters (BackPACK's BatchDotGrad).
 
     <delta_i a_i^T, delta_j a_j^T>_F = (delta_i . delta_j)(a_i . a_j), and the biases add
-    delta_i . delta_j: per layer (D D^T) ⊙ (A A^T + 1), summed over the layers.
+    delta_i . delta_j: per layer (D D^T) ⊙ (A A^T + 1), summed over the layers:
+
+    \[ \langle g_i, g_j \rangle = \sum_l (\delta_i^l \cdot \delta_j^l)
+    (a_i^{l-1} \cdot a_j^{l-1} + 1), \qquad \text{i.e.} \quad \sum_l (D^l D^{l\top})
+    \odot (A^{l-1} A^{l-1\top} + 1). \]
 
     Args:
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
       net: the `Network`.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> fbp.statistics.batch_dot(params, xs, ys).shape
+      (5, 5)
     """
     core.check(net, params, xs, ys)
     result = core.backprop_batch(net, params, xs, ys)
@@ -104,12 +132,18 @@ def batch_dot(
 
 
 class NoiseScale(NamedTuple):
-    """The simple gradient noise scale of McCandlish et al. (2018) and its parts.
+    r"""The simple gradient noise scale of McCandlish et al. (2018) and its parts,
+    \( B_\text{simple} = \operatorname{tr}(\Sigma) / \lvert G \rvert^2 \).
 
     Attributes:
       b_simple: tr(Sigma) / |G|^2.
       trace: tr(Sigma) = sum_i ||g_i - g_bar||^2 / (N - 1), unbiased.
       grad_norm_sq: |G|^2 estimated without bias as ||g_bar||^2 - tr(Sigma) / N.
+
+    Examples:
+      >>> scale = fbp.statistics.NoiseScale(jnp.array(2.0), jnp.array(1.0), jnp.array(0.5))
+      >>> bool(scale.b_simple == scale.trace / scale.grad_norm_sq)
+      True
     """
 
     b_simple: Array
@@ -125,12 +159,22 @@ def gradient_noise_scale(
     *,
     net: Network = Network(),
 ) -> NoiseScale:
-    """B_simple = tr(Sigma) / |G|^2 of McCandlish et al., "An Empirical Model of
+    r"""B_simple = tr(Sigma) / |G|^2 of McCandlish et al., "An Empirical Model of
     Large-Batch Training" (2018), from one batch, each part unbiased.
 
     tr(Sigma) = sum_i ||g_i - g_bar||^2 / (N - 1) = (sum_i ||g_i||^2 - N ||g_bar||^2) /
     (N - 1), with ||g_i||^2 = sum_l ||delta_i^l||^2 (||a_i^{l-1}||^2 + 1) from the error
-    terms; |G|^2 = ||g_bar||^2 - tr(Sigma) / N. Over several batches, average ``trace``
+    terms; |G|^2 = ||g_bar||^2 - tr(Sigma) / N:
+
+    \[ B_\text{simple} = \frac{\operatorname{tr}(\Sigma)}{\lvert G \rvert^2}, \quad
+    \operatorname{tr}(\Sigma) = \frac{\sum_i \lVert g_i \rVert^2 - N \lVert \bar g
+    \rVert^2}{N - 1}, \quad \lvert G \rvert^2 = \lVert \bar g \rVert^2 -
+    \frac{\operatorname{tr}(\Sigma)}{N}, \]
+
+    \[ \lVert g_i \rVert^2 = \sum_l \lVert \delta_i^l \rVert^2 \left(\lVert a_i^{l-1}
+    \rVert^2 + 1\right). \]
+
+    Over several batches, average ``trace``
     and ``grad_norm_sq`` separately before dividing (the paper's advice): the ratio of
     one batch is noisy and is negative when the estimate of |G|^2 is.
 
@@ -142,6 +186,13 @@ def gradient_noise_scale(
 
     Returns:
       `NoiseScale`: ``b_simple``, ``trace`` and ``grad_norm_sq``, each a scalar.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jax.random.normal(jax.random.key(1), (6, 3)), jnp.zeros((6, 2))
+      >>> scale = fbp.statistics.gradient_noise_scale(params, xs, ys)
+      >>> scale.b_simple.shape, bool(scale.trace >= 0)
+      ((), True)
     """
     core.check(net, params, xs, ys)
     n = xs.shape[0]

@@ -31,6 +31,12 @@ def interleaved_medians(
     have passed and divides, for calls too short to time one at a time. The order of
     the contenders is shuffled every round (seeded), so that none always runs right
     after the same neighbour (a large one leaves the caches cold for whoever follows).
+
+    Examples:
+      >>> contenders = {"ones": lambda: jnp.ones(3), "zeros": lambda: jnp.zeros(3)}
+      >>> medians = fbp.timing.interleaved_medians(contenders, repeats=3, warmup=1)
+      >>> sorted(medians), all(t >= 0 for t in medians.values())
+      (['ones', 'zeros'], True)
     """
     order = random.Random(0)
     for _ in range(warmup):

@@ -59,7 +59,13 @@ _UNROLL = 4
 
 def weights_only(params: Any) -> Any:
     """The mask of the weights: True for the ``w`` of every `Layer` in ``params`` (any
-    pytree that holds them), False for biases and everything else."""
+    pytree that holds them), False for biases and everything else.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> fbp.training.weights_only(params)
+      [Layer(w=True, b=False), Layer(w=True, b=False)]
+    """
 
     def mark(node):
         if isinstance(node, Layer):
@@ -70,9 +76,20 @@ def weights_only(params: Any) -> Any:
 
 
 def sgd(learning_rate, weight_decay: Optional[float] = None) -> optax.GradientTransformation:
-    """network.py's update, w <- w - eta g (`optax.sgd`); with ``weight_decay``,
+    r"""network.py's update, w <- w - eta g (`optax.sgd`); with ``weight_decay``,
     network2.py's L2 form w <- (1 - eta wd) w - eta g with wd = lmbda / n, biases not
-    decayed (`optax.add_decayed_weights` on `weights_only`, then `optax.sgd`)."""
+    decayed (`optax.add_decayed_weights` on `weights_only`, then `optax.sgd`):
+
+    \[ w \leftarrow w - \eta\, g, \qquad
+        w \leftarrow (1 - \eta\, \mathrm{wd})\, w - \eta\, g, \quad \mathrm{wd} = \lambda / n \]
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> optimizer = fbp.training.sgd(0.1, weight_decay=1e-3)
+      >>> updates, _ = optimizer.update(params, optimizer.init(params), params)
+      >>> [u.w.shape for u in updates]
+      [(2, 3)]
+    """
     if not callable(learning_rate):  # an optax schedule is the caller's to check
         positive(learning_rate, "learning_rate")
     optional_non_negative(weight_decay, "weight_decay")
@@ -137,6 +154,14 @@ def train_step(
         opt_state = optimizer.init(params)
         params, opt_state = train_step(None, optimizer, params, opt_state, xs, ys)
 
+    Examples:
+      >>> optimizer = fbp.training.sgd(0.1)
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> xs, ys = jnp.ones((4, 3)), jnp.zeros((4, 2))
+      >>> new, _ = fbp.training.train_step(None, optimizer, params, optimizer.init(params), xs, ys)
+      >>> new[0].w.shape
+      (2, 3)
+
     Args:
       key: a `jax.random` key for a gradient that draws (`per_example.PrivateGradient`);
         None for the others.
@@ -185,6 +210,12 @@ def scan_epoch(
       ys: its targets, likewise.
       step: ``step(key, carry, xb, yb) -> carry``.
       batch_size: examples per mini-batch.
+
+    Examples:
+      >>> step = lambda key, seen, xb, yb: seen + xb.shape[0]  # counts the examples
+      >>> xs, ys = jnp.ones((10, 3)), jnp.zeros((10, 2))
+      >>> int(fbp.training.scan_epoch(jax.random.key(0), 0, xs, ys, step, batch_size=4))
+      10
     """
     check_key(key)
     batch_size = check_int(batch_size, "batch_size")
@@ -233,6 +264,15 @@ def epoch(
 
     Returns:
       ``(params, opt_state)`` after the epoch.
+
+    Examples:
+      >>> optimizer = fbp.training.sgd(0.1)
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> xs, ys = jnp.ones((10, 3)), jnp.zeros((10, 2))
+      >>> new, _ = fbp.training.epoch(
+      ...     jax.random.key(1), optimizer, params, optimizer.init(params), xs, ys, batch_size=4)
+      >>> new[0].w.shape
+      (2, 3)
     """
     gradient.check(net, params, xs, ys)
 
@@ -253,13 +293,17 @@ def sgd_step(
     weight_decay: Optional[float] = None,
     net: Network = Network(),
 ) -> list[Layer]:
-    """One step of mini-batch gradient descent with the hand-written `grad`:
+    r"""One step of mini-batch gradient descent with the hand-written `grad`:
     network.py's ``update_mini_batch``.
 
     w <- w - eta mean(dC/dw), b likewise; with ``weight_decay``, network2.py's L2 form
     w <- (1 - eta wd) w - eta mean(dC/dw), biases not decayed (wd = lmbda / n for
     network2.py's lmbda and training-set size n). ``learning_rate`` (eta) and
     ``weight_decay`` are traced: new values do not compile again.
+
+    \[ w \leftarrow w - \eta\, \overline{\frac{\partial C}{\partial w}}, \qquad
+        w \leftarrow (1 - \eta\, \mathrm{wd})\, w - \eta\, \overline{\frac{\partial C}{\partial w}},
+        \quad \mathrm{wd} = \frac{\lambda}{n} \]
 
     Args:
       params: a list of `Layer`.
@@ -271,6 +315,12 @@ def sgd_step(
 
     Returns:
       New params; ``params`` is not changed.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> new = sgd_step(params, jnp.ones((4, 3)), jnp.zeros((4, 2)), 0.5)
+      >>> new[0].w.shape, bool(jnp.any(new[0].w != params[0].w))
+      ((2, 3), True)
     """
     core.check(net, params, xs, ys)
     optimizer = sgd(learning_rate, weight_decay)
@@ -305,6 +355,13 @@ def train_epoch(
 
     Returns:
       The params after the epoch.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 2])
+      >>> xs, ys = jnp.ones((10, 3)), jnp.zeros((10, 2))
+      >>> new = train_epoch(jax.random.key(1), params, xs, ys, 0.5, batch_size=4)
+      >>> [layer.w.shape for layer in new]
+      [(2, 3)]
     """
     core.check(net, params, xs, ys)
     optimizer = sgd(learning_rate, weight_decay)
@@ -339,6 +396,12 @@ def many(fn: Callable, per_run: Sequence[str]) -> Callable:
     Raises (before any work):
       ValueError: a name in ``per_run`` is not a parameter of ``fn`` or was not given;
         the per-run arguments disagree on R (each is named with its R).
+
+    Examples:
+      >>> keys = jax.random.split(jax.random.key(0), 3)
+      >>> params = fbp.training.many(init_mlp, per_run=["key"])(keys, [3, 2])
+      >>> params[0].w.shape
+      (3, 2, 3)
     """
     signature = inspect.signature(fn)
     per_run = list(per_run)
