@@ -5,7 +5,7 @@ at batch 10, their compiled op count per step and their time, side by side in on
 
 - library: `train_epoch` (each step gathers its mini-batch by index);
 - epoch gather: the shuffled data set gathered once per epoch, then scanned (the
-  library's way before issue 12);
+  library's earlier way);
 - folded bias: w and b as one augmented matrix [w | b], inputs with a trailing 1, so the
   bias update is part of the weight gradient's product.
 Writes bench-results/epoch_variants.md under the current directory (``--out`` to change).
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         "library (`train_epoch`, a gather per step)": lambda k, p, x, y: fbp.train_epoch(
             k, p, x, y, ETA, batch_size=BATCH
         ),
-        "epoch gather (before issue 12)": epoch_gather,
+        "epoch gather (one gather per epoch)": epoch_gather,
         "folded bias [w | b]": folded_bias,
     }
     jitted = {name: jax.jit(f) for name, f in variants.items()}
