@@ -1,7 +1,7 @@
 """Diagonal Gauss-Newton descent against plain SGD and Adam on MNIST [784, 100, 10]:
 epochs to reach a test accuracy (97 % by default), every run a `functional_bp.runs.Config`.
 
-    python scripts/compare_optimizers.py --data-dir ../shared/data/mnist
+    python scripts/compare_optimizers.py --data-dir $MNIST
 
 Writes out/optimizers.md and out/optimizers.json (each run's record; --out).
 """

@@ -1,7 +1,7 @@
 """Backprop against feedback alignment and its relatives on MNIST, from the same initial
 weights, several seeds of each rule trained at once (`functional_bp.runs`):
 
-    python scripts/feedback_alignment.py --data-dir ../shared/data/mnist
+    python scripts/feedback_alignment.py --data-dir $MNIST
 
 1. [784, 1000, 10], sigmoid hidden and output, cross-entropy: bp, fa, sign, kp and dfa
    (Lillicrap et al. 2016: BP 2.4 %, FA 2.1 % test error), with the alignment angles of
