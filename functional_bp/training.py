@@ -122,6 +122,15 @@ def _step(key, optimizer, params, opt_state, xs, ys, gradient, net):
     return optax.apply_updates(params, updates), opt_state
 
 
+def _epoch(key, optimizer, params, opt_state, xs, ys, batch_size, gradient, net):
+    """`_step` over every mini-batch of a shuffled epoch (`scan_epoch`)."""
+
+    def step(step_key, carry, xb, yb):
+        return _step(step_key, optimizer, *carry, xb, yb, gradient, net)
+
+    return scan_epoch(key, (params, opt_state), xs, ys, step, batch_size=batch_size)
+
+
 def _extra_inputs(optimizer, params) -> tuple:
     inputs = tuple(getattr(optimizer, "extra_inputs", ()))
     if inputs and not (isinstance(params, list) and all(isinstance(p, Layer) for p in params)):
@@ -275,11 +284,7 @@ def epoch(
       (2, 3)
     """
     gradient.check(net, params, xs, ys)
-
-    def step(step_key, carry, xb, yb):
-        return _step(step_key, optimizer, *carry, xb, yb, gradient, net)
-
-    return scan_epoch(key, (params, opt_state), xs, ys, step, batch_size=batch_size)
+    return _epoch(key, optimizer, params, opt_state, xs, ys, batch_size, gradient, net)
 
 
 @check_values(learning_rate=positive, weight_decay=optional_non_negative)
@@ -365,12 +370,8 @@ def train_epoch(
     """
     core.check(net, params, xs, ys)
     optimizer = sgd(learning_rate, weight_decay)
-    gradient = MeanGradient()
-
-    def step(step_key, carry, xb, yb):
-        return _step(None, optimizer, *carry, xb, yb, gradient, net)
-
-    return scan_epoch(key, (params, optimizer.init(params)), xs, ys, step, batch_size=batch_size)[0]
+    opt_state = optimizer.init(params)
+    return _epoch(key, optimizer, params, opt_state, xs, ys, batch_size, MeanGradient(), net)[0]
 
 
 def many(fn: Callable, per_run: Sequence[str]) -> Callable:
