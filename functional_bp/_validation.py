@@ -98,6 +98,9 @@ def check_data(sizes: list[int], x: Any, y: Any | None, *, batched: bool | None)
         raise TypeError(f"Expected y to be an array, got {type(y).__name__} instead")
     y_shape = np.shape(y)
     expected = x_shape[:-1] + (n_out,)
+    if jnp.issubdtype(jnp.result_type(y), jnp.integer):
+        check_labels(y, x_shape[:-1], n_out, expected)
+        return
     if y_shape != expected:
         raise ValueError(
             f"Expected y to have shape {expected} (x is {x_shape}, the output layer has "
@@ -106,8 +109,32 @@ def check_data(sizes: list[int], x: Any, y: Any | None, *, batched: bool | None)
     check_float_dtype(jnp.result_type(y), "y")
 
 
-# Values. A Python or NumPy number is checked; a JAX array is not (its value may be
-# traced, or checking it would wait for the device), only its shape and dtype.
+def check_labels(y: Any, shape: tuple, n_out: int, one_hot_shape: tuple) -> None:
+    """Integer class labels in place of one-hot targets: one per example, in [0, n_out)
+    (checked where the values can be seen)."""
+    if np.shape(y) != shape:
+        raise ValueError(
+            f"Expected integer class labels y to have shape {shape} (one per example), or "
+            f"one-hot targets of shape {one_hot_shape}; got {np.shape(y)} instead"
+        )
+    if is_traced(y) or np.size(y) == 0:
+        return
+    labels = np.asarray(y)
+    low, high = labels.min(), labels.max()
+    if low < 0 or high >= n_out:
+        raise ValueError(
+            f"Expected class labels y in [0, {n_out}) (the output layer has {n_out} "
+            f"neurons), got labels from {low} to {high}"
+        )
+
+
+# Values. A Python number, a NumPy number and a concrete JAX array are checked; a value
+# traced under jit or vmap is not (only its shape and dtype can be seen).
+
+
+def is_traced(value: Any) -> bool:
+    """True for a value traced under `jax.jit`, `jax.vmap`, ... (its value is unknown)."""
+    return isinstance(value, jax.core.Tracer)
 
 
 def check_int(value: Any, name: str, *, minimum: int = 1) -> int:
@@ -123,19 +150,23 @@ def check_number(
     value: Any, name: str, *, minimum: float, inclusive: bool = True, optional: bool = False
 ) -> None:
     """Raises unless ``value`` is a finite real number >= ``minimum`` (> if not
-    ``inclusive``), or a real scalar JAX array, or None when ``optional``."""
+    ``inclusive``), or None when ``optional``.
+
+    A real scalar JAX or NumPy array counts as a number: a concrete one is checked like a
+    Python number, a traced one only for its shape and dtype."""
     bound = f"{'>=' if inclusive else '>'} {minimum}"
     if value is None and optional:
         return
-    if isinstance(value, jax.Array):
-        if value.shape != () or not jnp.issubdtype(value.dtype, jnp.number):
+    if isinstance(value, (jax.Array, np.ndarray)):
+        real = jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.floating)
+        if value.shape != () or not real:
             raise TypeError(
                 f"Expected {name} to be a real scalar, got an array of {value.dtype} with "
                 f"shape {value.shape} instead"
             )
-        if jnp.issubdtype(value.dtype, jnp.complexfloating):
-            raise TypeError(f"Expected {name} to be a real scalar, got {value.dtype} instead")
-        return
+        if is_traced(value):
+            return
+        value = np.asarray(value).item()
     if isinstance(value, (bool, np.bool_)) or not isinstance(
         value, (int, float, np.integer, np.floating)
     ):
@@ -192,6 +223,8 @@ def check_values(**rules: Callable[[Any, str], Any]):
         for attribute in ("lower", "trace", "eval_shape", "_cache_size", "clear_cache"):
             if hasattr(jitted, attribute):
                 setattr(checked, attribute, getattr(jitted, attribute))
+        # `training.many` applies them to each run's values before its vmap.
+        checked.value_checks = {**getattr(jitted, "value_checks", {}), **rules}
         return checked
 
     return decorate

@@ -133,7 +133,7 @@ ACTIVATIONS: dict[str, Activation] = {
 """The built-in activations by name."""
 
 
-def get_activation(activation: str | Activation) -> Activation:
+def get_activation(activation: str | Activation, name: str = "activation") -> Activation:
     """Looks an activation up by name, or returns the given `Activation`.
 
     Examples:
@@ -153,7 +153,12 @@ def get_activation(activation: str | Activation) -> Activation:
         return activation
     if isinstance(activation, str) and activation in ACTIVATIONS:
         return ACTIVATIONS[activation]
+    if not isinstance(activation, str):
+        raise TypeError(
+            f"Expected {name} to be an activation name {sorted(ACTIVATIONS)} or an "
+            f"Activation(fn, derivative), got {type(activation).__name__} {activation!r} instead"
+        )
     raise ValueError(
-        f"Unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)} "
+        f"Unknown {name} {activation!r}; expected one of {sorted(ACTIVATIONS)} "
         "or an Activation(fn, derivative)"
     )

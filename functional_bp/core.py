@@ -62,6 +62,7 @@ __all__ = [
     "mean_value_and_grad",
     "output_errors",
     "summed_gradients",
+    "targets",
 ]
 
 
@@ -203,6 +204,20 @@ def forward_pass(net: Network, params: Params, xs: Array) -> Cache:
     return jax.vmap(lambda x: _forward_one(net, params, x))(xs)
 
 
+def targets(ys: Array, outputs: Array) -> Array:
+    """ys as targets of the outputs' shape and dtype: integer class labels become one-hot
+    vectors (label k: y_k = 1, the others 0), one-hot or real targets are cast.
+
+    Examples:
+      >>> fbp.core.targets(jnp.array([2, 0]), jnp.zeros((2, 3), jnp.float32))
+      Array([[0., 0., 1.],
+             [1., 0., 0.]], dtype=float32)
+    """
+    if jnp.issubdtype(ys.dtype, jnp.integer):
+        return jax.nn.one_hot(ys, outputs.shape[-1], dtype=outputs.dtype)
+    return ys.astype(outputs.dtype)
+
+
 def example_costs(net: Network, cache: Cache, ys: Array) -> Array:
     """C of every example, shape (batch,): ``cost.fn(a^L, y)``, or its closed form in z^L.
 
@@ -286,7 +301,7 @@ def output_errors(
       (5, 2)
     """
     cache = forward_pass(net, params, xs)
-    ys = ys.astype(cache.activations[-1].dtype)
+    ys = targets(ys, cache.activations[-1])
     one = functools.partial(output_error, net=net)
     delta_L = jax.vmap(one)(cache.zs[-1], cache.activations[-1], ys)
     if scale is not None:
@@ -354,7 +369,7 @@ def mean_cost(net: Network, params: Params, xs: Array, ys: Array) -> Array:
       True
     """
     cache = forward_pass(net, params, xs)
-    return jnp.mean(example_costs(net, cache, ys.astype(cache.activations[-1].dtype)))
+    return jnp.mean(example_costs(net, cache, targets(ys, cache.activations[-1])))
 
 
 class Gradient:

@@ -202,7 +202,7 @@ _NEEDS_UNIT_INTERVAL = {"cross_entropy", "log_likelihood"}
 _LEAVE_UNIT_INTERVAL = {"tanh", "relu", "identity"}
 
 
-def get_cost(cost: str | Cost) -> Cost:
+def get_cost(cost: str | Cost, name: str = "cost") -> Cost:
     """Looks a cost up by name, or returns the given `Cost`.
 
     Examples:
@@ -217,13 +217,31 @@ def get_cost(cost: str | Cost) -> Cost:
         return cost
     if isinstance(cost, str) and cost in COSTS:
         return COSTS[cost]
+    if not isinstance(cost, str):
+        raise TypeError(
+            f"Expected {name} to be a cost name {sorted(COSTS)} or a Cost(fn, derivative), "
+            f"got {type(cost).__name__} {cost!r} instead"
+        )
     raise ValueError(
-        f"Unknown cost {cost!r}; expected one of {sorted(COSTS)} or a Cost(fn, derivative)"
+        f"Unknown {name} {cost!r}; expected one of {sorted(COSTS)} or a Cost(fn, derivative)"
     )
 
 
 def check_compatible(cost: Cost, output_activation_name: str) -> None:
-    """Rejects a built-in output activation whose range the cost is not defined on."""
+    """Rejects a built-in output activation whose range the cost is not defined on, and
+    softmax with cross-entropy.
+
+    Cross-entropy treats each output neuron as its own Bernoulli (network2.py, after a
+    sigmoid); after a softmax the outputs are one distribution, whose cost is the
+    log-likelihood (network3.py), and dC/da = (a - y) / (a (1 - a)) meets sigma' at 0/0 as
+    soon as one output saturates: NaN in float32 at moderate weights.
+    """
+    if cost is CROSS_ENTROPY and output_activation_name == "softmax":
+        raise ValueError(
+            "cost 'cross_entropy' after a softmax output layer is not supported (it is NaN "
+            "once an output saturates); a softmax's cost is cost='log_likelihood' "
+            "(network3.py), or use output_activation='sigmoid' with cross-entropy"
+        )
     if cost.name in _NEEDS_UNIT_INTERVAL and output_activation_name in _LEAVE_UNIT_INTERVAL:
         raise ValueError(
             f"cost {cost.name!r} needs outputs in (0, 1), but the output layer's "

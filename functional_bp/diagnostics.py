@@ -9,7 +9,6 @@ is the picture of the book's chapter 5.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import NamedTuple, Optional
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from functional_bp import core
 from functional_bp._validation import check_int, check_nonempty, check_number, check_params
-from functional_bp.network import Network
+from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Params
 
 Array = jax.Array
@@ -55,7 +54,7 @@ class LayerNorms(NamedTuple):
     weight_grad: Array
 
 
-@functools.partial(jax.jit, static_argnames="net")
+@jit_with_net
 def layer_gradient_norms(
     params: Params, xs: Array, ys: Array, *, net: Network = Network()
 ) -> LayerNorms:
@@ -102,7 +101,7 @@ def _check_labels(labels, xs, num_classes: int) -> None:
         )
 
 
-@functools.partial(jax.jit, static_argnames="net")
+@jit_with_net
 def correct(params: Params, xs: Array, labels: Array, *, net: Network = Network()) -> Array:
     """How many examples have argmax(a^L) == label, as a jitted scalar (the metric
     `evaluate` sums over batches; vmap it over runs with `training.many`).
@@ -233,7 +232,7 @@ def total_cost(
     return float(mean + l2_term(params, weight_decay))
 
 
-@functools.partial(jax.jit, static_argnames="net")
+@jit_with_net
 def _summed_cost(params, xs, ys, *, net):
     return core.mean_cost(net, params, xs, ys) * xs.shape[0]
 

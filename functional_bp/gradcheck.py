@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import NamedTuple, Optional
 
 import jax
@@ -13,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 from functional_bp import core
 from functional_bp._validation import check_int, check_number
-from functional_bp.network import Network
+from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
 
 Array = jax.Array
@@ -114,7 +113,7 @@ class GradCheck:
         return "\n".join(lines)
 
 
-@functools.partial(jax.jit, static_argnames="net")
+@jit_with_net
 def _check(net, params, xs, ys, flat_indices, step):
     """Manual grad, jax.grad, and central differences at ``flat_indices`` of the ravelled
     params, in one compiled program."""

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from functional_bp.activations import Activation, get_activation
@@ -61,7 +63,9 @@ class Network:
     def __post_init__(self):
         hidden = get_activation(self.activation)
         output = (
-            hidden if self.output_activation is None else get_activation(self.output_activation)
+            hidden
+            if self.output_activation is None
+            else get_activation(self.output_activation, "output_activation")
         )
         cost = get_cost(self.cost)
         check_compatible(cost, output.name)
@@ -102,8 +106,107 @@ class Network:
         return self.output_activation if l == num_layers else self.activation
 
 
-jit_with_net = functools.partial(jax.jit, static_argnames="net")
-"""`jax.jit` for a function that takes ``net=``, a static argument."""
+_DEFAULT = object()
+
+
+def jit_with_net(fn=None, *, static: tuple[str, ...] = ()):
+    """`jax.jit` for a public function that takes ``net=``, with ``net`` and ``static``
+    as static arguments.
+
+    Before JAX sees the call, and in microseconds, it refuses what JAX would report from
+    deep inside: an option passed positionally (``grad(params, xs, ys, "relu")``), a
+    ``net`` that is not a `Network`, a static option that cannot be hashed. The jitted
+    function's ``lower``, ``trace`` and ``eval_shape`` stay reachable.
+
+    Examples:
+      >>> @fbp.network.jit_with_net
+      ... def width(xs, *, net=Network()):
+      ...     return xs.shape[-1]
+      >>> width(jnp.ones((2, 3)), "relu")
+      Traceback (most recent call last):
+      TypeError: width takes 1 positional argument (xs), got 2: pass the others by keyword ...
+    """
+    if fn is None:
+        return functools.partial(jit_with_net, static=static)
+    static_names = ("net", *static)
+    jitted = jax.jit(fn, static_argnames=static_names)
+    parameters = inspect.signature(fn).parameters.values()
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    positional = [p.name for p in parameters if p.kind in kinds]
+    variadic = any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in parameters)
+    static_positions = [(i, name) for i, name in enumerate(positional) if name in static]
+    static_keywords = [name for name in static if name not in positional]
+    # Where integer class labels may come: their range needs concrete values, outside jit.
+    label_position = next(
+        ((positional.index(name), name) for name in ("ys", "y") if name in positional), None
+    )
+    params_position = positional.index("params") if "params" in positional else None
+    if params_position is None:
+        label_position = None
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if len(args) > len(positional) and not variadic:
+            count = len(positional)
+            raise TypeError(
+                f"{fn.__name__} takes {count} positional argument{'s' * (count != 1)} "
+                f"({', '.join(positional)}), got {len(args)}: pass the others by keyword "
+                f"(the extra one is {_shown(args[count])})"
+            )
+        net = kwargs.get("net", _DEFAULT)
+        if net is not _DEFAULT:
+            check_network(net)
+        for name in static_keywords:
+            if name in kwargs:
+                _check_hashable(kwargs[name], name, fn.__name__)
+        for i, name in static_positions:
+            value = args[i] if i < len(args) else kwargs.get(name)
+            _check_hashable(value, name, fn.__name__)
+        if label_position is not None:
+            _check_label_values(args, kwargs, label_position, params_position)
+        return jitted(*args, **kwargs)
+
+    for attribute in ("lower", "trace", "eval_shape", "_cache_size", "clear_cache"):
+        setattr(call, attribute, getattr(jitted, attribute))
+    return call
+
+
+def _check_label_values(
+    args: tuple, kwargs: dict, position: tuple[int, str], params_position: int
+) -> None:
+    index, name = position
+    labels = args[index] if index < len(args) else kwargs.get(name)
+    params = args[params_position] if params_position < len(args) else kwargs.get("params")
+    dtype = getattr(labels, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.integer):
+        return  # one-hot or real targets, or not an array (the trace-time checks say so)
+    try:
+        n_out = np.shape(params[-1][0])[0]
+    except (TypeError, IndexError, KeyError):
+        return  # not a list of Layer: the trace-time checks say so
+    if isinstance(labels, jax.core.Tracer) or np.size(labels) == 0:
+        return
+    values = np.asarray(labels)
+    if values.min() < 0 or values.max() >= n_out:
+        raise ValueError(
+            f"Expected class labels {name} in [0, {n_out}) (the output layer has {n_out} "
+            f"neurons), got labels from {values.min()} to {values.max()}"
+        )
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _check_hashable(value, name: str, function: str) -> None:
+    try:
+        hash(value)
+    except TypeError:
+        raise TypeError(
+            f"Expected {name} to be hashable (a static option of {function}), got "
+            f"{_shown(value)} instead"
+        ) from None
 
 
 def check_network(net) -> Network:
@@ -176,3 +279,19 @@ def check_contracts(net: Network, sizes: tuple[int, ...], dtype: np.dtype, with_
     _check_returns(
         f"{where}: " + ("derivative" if form is None else "delta"), delta, delta_args, (n_out,)
     )
+    sample = net.cost.sample if form is None else form.sample
+    if sample is not None:  # a target like y: (n_out,), real floating (diag_ggn_mc)
+        draw = functools.partial(_sample_one, sample)
+        _check_returns(
+            f"{where}: sample(key, {'a' if form is None else 'z'})", draw, (a,), (n_out,)
+        )
+        got = jax.eval_shape(draw, a).dtype
+        if not jnp.issubdtype(got, jnp.floating):
+            raise TypeError(
+                f"{where}: sample(key, ...) returned {got} for one example; expected a real "
+                f"floating dtype (targets like y)"
+            )
+
+
+def _sample_one(sample, a):
+    return sample(jax.random.key(0), a)

@@ -26,7 +26,7 @@ from functional_bp._validation import (
     optional_non_negative,
     positive,
 )
-from functional_bp.network import Network
+from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
 
 Array = jax.Array
@@ -103,7 +103,7 @@ class ShardedGradient(core.Gradient):
         _check_divisible(self.mesh, self.axis, xs.shape[0])
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "axis", "net"))
+@jit_with_net(static=("mesh", "axis"))
 def data_parallel_grad(
     mesh: Mesh,
     params: Params,
@@ -138,7 +138,7 @@ def data_parallel_grad(
     return gradient(None, net, params, xs, ys)
 
 
-@functools.partial(jax.jit, static_argnames=("optimizer", "net"))
+@jit_with_net(static=("optimizer",))
 def _steps(optimizer, gradient, params, opt_state, xs_batches, ys_batches, *, net):
     """`training.train_step` on each (batch, n_in) slice of the leading axis."""
 

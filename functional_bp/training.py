@@ -32,11 +32,12 @@ from functional_bp._validation import (
     check_int,
     check_key,
     check_values,
+    is_traced,
     optional_non_negative,
     positive,
 )
 from functional_bp.core import MeanGradient
-from functional_bp.network import Network
+from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
 
 Array = jax.Array
@@ -143,7 +144,7 @@ def _extra_inputs(optimizer, params) -> tuple:
 
 
 @check_values(key=_optional_key, gradient=_check_gradient)
-@functools.partial(jax.jit, static_argnames=("optimizer", "net"))
+@jit_with_net(static=("optimizer",))
 def train_step(
     key: Optional[Array],
     optimizer: optax.GradientTransformation,
@@ -245,7 +246,7 @@ def scan_epoch(
 
 
 @check_values(key=check_key, gradient=_check_gradient)
-@functools.partial(jax.jit, static_argnames=("optimizer", "net", "batch_size"))
+@jit_with_net(static=("optimizer", "batch_size"))
 def epoch(
     key: Array,
     optimizer: optax.GradientTransformation,
@@ -288,7 +289,7 @@ def epoch(
 
 
 @check_values(learning_rate=positive, weight_decay=optional_non_negative)
-@functools.partial(jax.jit, static_argnames="net")
+@jit_with_net
 def sgd_step(
     params: Params,
     xs: Array,
@@ -333,7 +334,7 @@ def sgd_step(
 
 
 @check_values(key=check_key, learning_rate=positive, weight_decay=optional_non_negative)
-@functools.partial(jax.jit, static_argnames=("batch_size", "net"))
+@jit_with_net(static=("batch_size",))
 def train_epoch(
     key: Array,
     params: Params,
@@ -420,8 +421,13 @@ def many(fn: Callable, per_run: Sequence[str]) -> Callable:
         if missing:
             raise ValueError(f"Expected per-run arguments {missing} to be given")
         runs = {name: _run_count(bound.arguments[name], name) for name in per_run}
+        # A leafless argument (optax.sgd's EmptyState) has nothing to map: any R fits.
+        runs = {name: count for name, count in runs.items() if count is not None}
+        if not runs:
+            raise ValueError(f"Expected a per-run argument with array leaves, got {per_run}")
         if len(set(runs.values())) > 1:
             raise ValueError(f"Expected every per-run argument to have one length R, got {runs}")
+        _check_each_run(fn, {name: bound.arguments[name] for name in per_run})
 
         def one(*values):
             call = signature.bind(**dict(bound.arguments, **dict(zip(per_run, values))))
@@ -432,10 +438,38 @@ def many(fn: Callable, per_run: Sequence[str]) -> Callable:
     return run_all
 
 
-def _run_count(value, name: str) -> int:
+def _check_each_run(fn: Callable, values: dict[str, Any]) -> None:
+    """Runs ``fn``'s value checks (`check_values`) on every run's slice of its per-run
+    arguments, named ``name[r]``: inside the vmap they would only see tracers."""
+    checks = getattr(fn, "value_checks", {})
+    for name, value in values.items():
+        rule = checks.get(name)
+        leaves = jax.tree.leaves(value)
+        if rule is None or any(is_traced(leaf) for leaf in leaves):
+            continue
+        # Numbers to the host once; keys stay keys (their checks look at the dtype).
+        value = jax.tree.map(
+            lambda leaf: (
+                leaf if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key) else np.asarray(leaf)
+            ),
+            value,
+        )
+        for r in range(np.shape(leaves[0])[0]):
+            where = f"{name}[{r}]"
+            try:
+                rule(jax.tree.map(lambda leaf, r=r: leaf[r], value), where)
+            except (TypeError, ValueError) as error:
+                if where in str(error):
+                    raise
+                raise type(error)(f"{where}: {error}") from None
+
+
+def _run_count(value, name: str) -> Optional[int]:
     leaves = jax.tree.leaves(value)
+    if not leaves:
+        return None
     shapes = {np.shape(leaf)[:1] for leaf in leaves}
-    if not leaves or () in shapes or len(shapes) > 1:
+    if () in shapes or len(shapes) > 1:
         raise ValueError(
             f"Expected per-run argument {name} to have a leading run axis on every leaf, got "
             f"leaf shapes {sorted({np.shape(leaf) for leaf in leaves})[:4]}"

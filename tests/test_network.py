@@ -111,7 +111,7 @@ def test_an_equal_network_does_not_compile_again():
     [
         (dict(activation="swish"), ValueError, r"Unknown activation 'swish'.*softmax"),
         (dict(activation="gelu"), ValueError, r"gelu"),
-        (dict(output_activation="gelu"), ValueError, r"Unknown activation 'gelu'"),
+        (dict(output_activation="gelu"), ValueError, r"Unknown output_activation 'gelu'"),
         (dict(cost="hinge"), ValueError, r"Unknown cost 'hinge'.*cross_entropy"),
         (dict(activation="relu", cost="cross_entropy"), ValueError, r"output_activation"),
         (
@@ -129,10 +129,18 @@ def test_an_equal_network_does_not_compile_again():
             ValueError,
             r"'cross_entropy' needs outputs in \(0, 1\).*'identity'.*'sigmoid'",
         ),
-        (dict(activation=3), ValueError, r"Unknown activation 3"),
-        (dict(activation=jnp.tanh), ValueError, r"Unknown activation .*Activation\(fn"),
-        (dict(cost=None), ValueError, r"Unknown cost None"),
-        (dict(cost=lambda a, y: a), ValueError, r"Unknown cost .*Cost\(fn, derivative\)"),
+        (
+            dict(output_activation="softmax", cost="cross_entropy"),
+            ValueError,
+            r"'cross_entropy' after a softmax.*cost='log_likelihood'",
+        ),
+        (dict(activation=3), TypeError, r"Expected activation to be an activation name.*int 3"),
+        (dict(activation=["relu"]), TypeError, r"Expected activation to be .*list \['relu'\]"),
+        (dict(output_activation={}), TypeError, r"Expected output_activation to be .*dict"),
+        (dict(activation=jnp.tanh), TypeError, r"activation to be .*Activation\(fn"),
+        (dict(cost=None), TypeError, r"Expected cost to be a cost name.*NoneType None"),
+        (dict(cost=["quadratic"]), TypeError, r"Expected cost to be .*list"),
+        (dict(cost=lambda a, y: a), TypeError, r"Expected cost .*Cost\(fn, derivative\)"),
         (
             dict(activation=fbp.Activation(jnp.tanh)),
             TypeError,
