@@ -211,8 +211,12 @@ def check_values(**rules: Callable[[Any, str], Any]):
         names = list(inspect.signature(jitted).parameters)
         positions = {name: names.index(name) for name in rules}
 
+        check_call = getattr(jitted, "check_call", None)
+
         @functools.wraps(jitted)
         def checked(*args, **kwargs):
+            if check_call is not None:  # the call's shape before its values
+                check_call(args, kwargs)
             for name, rule in rules.items():
                 if name in kwargs:
                     rule(kwargs[name], name)
@@ -223,6 +227,8 @@ def check_values(**rules: Callable[[Any, str], Any]):
         for attribute in ("lower", "trace", "eval_shape", "_cache_size", "clear_cache"):
             if hasattr(jitted, attribute):
                 setattr(checked, attribute, getattr(jitted, attribute))
+        if check_call is not None:
+            checked.check_call = check_call
         # `training.many` applies them to each run's values before its vmap.
         checked.value_checks = {**getattr(jitted, "value_checks", {}), **rules}
         return checked

@@ -144,8 +144,7 @@ def jit_with_net(fn=None, *, static: tuple[str, ...] = ()):
     if params_position is None:
         label_position = None
 
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
+    def check_call(args: tuple, kwargs: dict) -> None:
         if len(args) > len(positional) and not variadic:
             count = len(positional)
             raise TypeError(
@@ -164,10 +163,15 @@ def jit_with_net(fn=None, *, static: tuple[str, ...] = ()):
             _check_hashable(value, name, fn.__name__)
         if label_position is not None:
             _check_label_values(args, kwargs, label_position, params_position)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        check_call(args, kwargs)
         return jitted(*args, **kwargs)
 
     for attribute in ("lower", "trace", "eval_shape", "_cache_size", "clear_cache"):
         setattr(call, attribute, getattr(jitted, attribute))
+    call.check_call = check_call  # `_validation.check_values` runs it first
     return call
 
 
