@@ -1,24 +1,40 @@
-"""Saving and loading params as ``.npz``: arrays and plain metadata, never pickle."""
+"""Saving and loading params as ``.npz``: arrays and plain metadata, never pickle.
+
+A file holds the entries ``header`` (JSON: format, sizes, dtype and the metadata),
+``w1``, ``b1``, ..., ``wL``, ``bL`` and, with a rule's feedback matrices,
+``feedback1``, ..., ``feedbackK``. `save_params` writes nothing `load_params` would refuse,
+and `load_params` refuses a file whose entries don't agree with its header, naming the
+file and the entry.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from functional_bp._files import atomic_write
-from functional_bp._validation import check_params
+from functional_bp._files import atomic_write, check_writable
+from functional_bp._validation import check_float_dtype, check_params
+from functional_bp.feedback import RULES, init_feedback
 from functional_bp.params import Layer, Params
 
 __all__ = ["load_feedback", "load_params", "save_params"]
 
 _FORMAT = "functional_bp.params/1"
 _RESERVED = ("format", "sizes", "dtype")
+_FEEDBACK = re.compile(r"feedback[1-9][0-9]*")
+# What reading an entry of a damaged archive raises: CRC and header errors, truncation,
+# pickled (object) arrays refused by allow_pickle=False.
+_READ_ERRORS = (OSError, ValueError, EOFError, SyntaxError, zipfile.BadZipFile, zlib.error)
 
 
 def _stored(array: np.ndarray) -> np.ndarray:
@@ -29,20 +45,97 @@ def _stored(array: np.ndarray) -> np.ndarray:
     return array.view(f"u{array.dtype.itemsize}")
 
 
+def _check_feedback(
+    matrices: Any,
+    params: Params,
+    dtype: np.dtype,
+    rule: Any,
+    name: Callable[[int], str],
+    every: str,
+) -> list:
+    """Raises unless ``matrices`` are feedback matrices `load_params` reads back: rank-2
+    arrays of the params' ``dtype``, one per hidden layer; when ``rule`` is one of
+    `feedback.RULES`, as many and of the shapes as `feedback.init_feedback` makes for it
+    (none for a rule that draws none, "sign" or "bp"). ``name(i)`` names
+    matrix i in the messages, ``every`` all of them. Returns them as a list.
+
+    Raises:
+      TypeError: not a list or tuple of arrays, or an array of another dtype.
+      ValueError: a matrix of another rank or (under a rule) shape, or another count.
+    """
+    if not isinstance(matrices, (list, tuple)):
+        raise TypeError(
+            f"Expected {every} to be a list of matrices, one per hidden layer, or None, "
+            f"got {type(matrices).__name__} instead"
+        )
+    for i, matrix in enumerate(matrices):
+        if not (hasattr(matrix, "shape") and hasattr(matrix, "dtype")):
+            raise TypeError(f"Expected {name(i)} to be an array, got {type(matrix).__name__}")
+        got = np.dtype(matrix.dtype)
+        if got != dtype or not jnp.issubdtype(got, jnp.floating):
+            raise TypeError(
+                f"Expected {name(i)} to have the params' dtype {dtype}, got {got} of shape "
+                f"{tuple(np.shape(matrix))} instead"
+            )
+        if np.ndim(matrix) != 2:
+            raise ValueError(
+                f"Expected {name(i)} to have rank 2 (a matrix), got shape "
+                f"{tuple(np.shape(matrix))} instead"
+            )
+    sizes = check_params(params)
+    shapes, why = None, "one per hidden layer"
+    if rule in RULES:  # the shapes the rule's own init_feedback makes, without computing it
+        made = jax.eval_shape(lambda: init_feedback(jax.random.key(0), params, rule))
+        shapes = [tuple(m.shape) for m in made or []]
+        why = f"rule {rule!r} has none" if made is None else f"{why} for rule {rule!r}"
+    count = len(params) - 1 if shapes is None else len(shapes)
+    if len(matrices) != count:
+        raise ValueError(
+            f"Expected {every} to hold {count} feedback matrices ({why}, params of sizes "
+            f"{sizes}), got {len(matrices)} instead"
+        )
+    for i, (matrix, shape) in enumerate(zip(matrices, shapes or [])):
+        if tuple(np.shape(matrix)) != shape:
+            what = "(n_L, n_l)" if rule == "dfa" else f"w{i + 2}'s"
+            raise ValueError(
+                f"Expected {name(i)} to have shape {shape}, {what} for rule {rule!r} with "
+                f"params of sizes {sizes}, got {tuple(np.shape(matrix))} instead"
+            )
+    return list(matrices)
+
+
 def save_params(path: str | os.PathLike, params: Params, *, feedback=None, **metadata: Any) -> Path:
     """Writes params and JSON-able metadata (activation, cost, ...) to ``path`` (.npz).
 
     The sizes and the dtype are stored with them; params of a dtype numpy lacks
     (bfloat16) are stored as their bits and come back exactly. The write is atomic: a
     temporary file in the same directory, renamed over ``path`` only once complete, so a
-    failed save leaves any earlier file intact and nothing half-written. ``feedback``,
-    the matrices of a feedback-alignment rule, are stored with the params
-    (`load_feedback` reads them).
+    failed save leaves any earlier file intact and nothing half-written. Only a regular
+    file is replaced: a symlink to one is written through (the file it leads to gets the
+    new contents, the symlink stays); a device node (``/dev/null``), FIFO, socket,
+    directory, a symlink to one of them, or a dangling symlink is refused.
 
-    Raises (before anything is written):
+    ``feedback``, the matrices of a feedback-alignment rule, are stored with the params
+    (`load_feedback` reads them): None, or a list of rank-2 arrays of the params' dtype,
+    one per hidden layer (``len(params) - 1``). With a metadata ``rule`` that is one of
+    `functional_bp.feedback.RULES`, their count and shapes must be those
+    `feedback.init_feedback` makes for it: (n_{l+1}, n_l) for "fa" and "kp", (n_L, n_l)
+    for "dfa", and none (feedback None or []) for a rule that draws none, such as "sign".
+    Another ``rule`` is plain metadata. Nothing is written that `load_params` would
+    refuse.
+
+    Raises (before anything is written; an earlier file at ``path`` stays intact):
       ValueError: a metadata key is reserved ("format", "sizes", "dtype") or its values
-        are not strict JSON (NaN included).
-      TypeError: a metadata value is not JSON-able, or params are not a list of `Layer`.
+        are not strict JSON (NaN included); a feedback matrix is not of rank 2, or there
+        are not as many as hidden layers, or not of the shapes of the metadata's rule
+        ("feedback[i]" named); ``path`` exists and is, or is a symlink to, a device node,
+        FIFO or socket ("Cannot write params PATH: it is a character device, not a
+        regular file").
+      TypeError: a metadata value is not JSON-able, params are not a list of `Layer`,
+        or ``feedback`` is not a list of arrays of the params' dtype.
+      IsADirectoryError: ``path`` is, or is a symlink to, a directory.
+      FileNotFoundError: the directory of ``path`` does not exist, or ``path`` is a
+        dangling symlink (refused: its target is not created).
       OSError: ``path`` cannot be written (named in the message).
 
     Examples:
@@ -63,6 +156,16 @@ def save_params(path: str | os.PathLike, params: Params, *, feedback=None, **met
         )
     except (TypeError, ValueError) as error:
         raise type(error)(f"Expected metadata that is strict JSON: {error}") from None
+    if feedback is not None:
+        feedback = _check_feedback(
+            feedback,
+            params,
+            dtype,
+            metadata.get("rule"),
+            lambda i: f"feedback[{i}] (the feedback matrix of hidden layer {i + 1})",
+            "feedback",
+        )
+    check_writable(path, "params")
     arrays = {"header": np.array(header)}
     for l, layer in enumerate(params, start=1):
         arrays[f"w{l}"] = _stored(np.asarray(layer.w))
@@ -72,34 +175,118 @@ def save_params(path: str | os.PathLike, params: Params, *, feedback=None, **met
     return atomic_write(path, lambda f: np.savez(f, **arrays), "params")
 
 
-def _restored(array: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
+def _restored(array: np.ndarray, dtype: np.dtype, path: Path, name: str) -> np.ndarray:
+    """Entry ``name`` as ``dtype``: as stored, or from the bits `_stored` stores."""
     if array.dtype == dtype:
         return array
-    if array.dtype == np.dtype(f"u{dtype.itemsize}"):  # stored as bits by `_stored`
+    if dtype.type.__module__ != "numpy" and array.dtype == np.dtype(f"u{dtype.itemsize}"):
         return array.view(dtype)
-    raise ValueError(f"{path}: an array of {array.dtype} where the header says {dtype}")
+    raise ValueError(f"{path}: entry {name!r} is {array.dtype}, the header says {dtype}")
 
 
 def load_feedback(path: str | os.PathLike) -> Optional[list[np.ndarray]]:
     """The feedback matrices `save_params` stored with the params, or None.
 
+    Raises:
+      As `load_params`.
+
     Examples:
       >>> import os, tempfile
       >>> path = os.path.join(tempfile.mkdtemp(), "params.npz")
-      >>> params = init_mlp(jax.random.key(0), [3, 2])
-      >>> _ = fbp.io.save_params(path, params, feedback=[jnp.ones_like(params[0].w)])
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> _ = fbp.io.save_params(path, params, feedback=[jnp.ones_like(params[1].w)])
       >>> [matrix.shape for matrix in fbp.io.load_feedback(path)]
-      [(2, 3)]
+      [(2, 4)]
     """
     return load_params(path)[1].get("feedback")
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not strict JSON")
+
+
+def _header(path: Path, data: np.lib.npyio.NpzFile) -> dict[str, Any]:
+    """The header's metadata, its sizes checked; "format" removed."""
+    if "header" not in data.files:
+        raise ValueError(f"{path}: not a functional_bp params file (no entry 'header')")
+    text = _entry(path, data, "header")
+    if text.ndim != 0 or text.dtype.kind != "U":
+        raise ValueError(
+            f"{path}: entry 'header' is not a JSON string (a {text.dtype} array of shape "
+            f"{text.shape})"
+        )
+    try:
+        meta = json.loads(str(text), parse_constant=_no_constant)
+    except ValueError as error:
+        raise ValueError(f"{path}: entry 'header' is not JSON ({error})") from None
+    if not isinstance(meta, dict) or meta.pop("format", None) != _FORMAT:
+        raise ValueError(
+            f"{path}: not a functional_bp params file (entry 'header' is not a JSON object "
+            f"with format {_FORMAT!r})"
+        )
+    sizes = meta.get("sizes")
+    if (
+        not isinstance(sizes, list)
+        or len(sizes) < 2
+        or not all(type(n) is int and n >= 0 for n in sizes)
+    ):
+        raise ValueError(
+            f"{path}: entry 'header': expected sizes to be a list of at least 2 layer sizes "
+            f"(ints >= 0), got {sizes!r} instead"
+        )
+    if "feedback" in meta:
+        raise ValueError(f"{path}: entry 'header' has the key 'feedback', which is reserved")
+    return meta
+
+
+def _entry(path: Path, data: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
+    """One entry read, any damage reported as a ValueError naming the file and the entry."""
+    try:
+        array = data[name]
+    except _READ_ERRORS as error:
+        raise ValueError(f"{path}: entry {name!r} cannot be read ({error})") from None
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"{path}: entry {name!r} is not an .npy array")
+    return array
+
+
+def _dtype(path: Path, meta: dict[str, Any], first: np.ndarray) -> np.dtype:
+    """The params' dtype: the header's, or in files of earlier versions w1's."""
+    name = meta.pop("dtype", None)
+    if name is None:
+        dtype = first.dtype
+    else:
+        try:
+            dtype = jnp.dtype(name) if isinstance(name, str) else None
+        except TypeError:
+            dtype = None
+        if dtype is None:
+            raise ValueError(f"{path}: entry 'header' has an unknown dtype {name!r}")
+    try:
+        check_float_dtype(dtype, "the params' dtype")
+    except TypeError as error:
+        where = "entry 'w1'" if name is None else "entry 'header'"
+        raise ValueError(f"{path}: {where}: {error}") from None
+    return np.dtype(dtype)
+
+
 def load_params(path: str | os.PathLike) -> tuple[list[Layer], dict[str, Any]]:
-    """Reads a file written by `save_params`; returns ``(params, metadata)``.
+    """Reads a file written by `save_params`; returns ``(params, metadata)``, the
+    metadata with ``"sizes"`` and, if stored, ``"feedback"``, the list of matrices.
+
+    Every entry is checked against the header before the params are returned, and any
+    disagreement is a ValueError naming the file and the entry: ``header`` that is not a
+    JSON object of this format, or whose ``sizes`` are not a list of ints >= 0, or whose
+    dtype is not a real floating dtype; a missing or unexpected entry; ``w{l}`` or
+    ``b{l}`` of another shape than the sizes give or another dtype than the header's;
+    ``feedback{k}`` not numbered 1..K, not of rank 2 and the params' dtype, not one per
+    hidden layer, or (with a metadata ``rule``) not of the rule's shapes; an entry that
+    cannot be read (pickled object arrays are refused, never unpickled); a truncated or
+    corrupt archive.
 
     Raises:
       FileNotFoundError: no such file.
-      ValueError: not such a file, or its arrays don't match its recorded sizes.
+      ValueError: not such a file, or its entries don't match its header (as above).
 
     Examples:
       >>> import os, tempfile
@@ -111,39 +298,83 @@ def load_params(path: str | os.PathLike) -> tuple[list[Layer], dict[str, Any]]:
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
+        f = open(path, "rb")
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+    except OSError as error:
         raise ValueError(f"{path}: not a functional_bp params file ({error})") from None
-    try:
-        meta = json.loads(str(arrays.pop("header")))
-    except (KeyError, ValueError):
-        meta = None
-    if not isinstance(meta, dict) or meta.pop("format", None) != _FORMAT:
-        raise ValueError(f"{path}: not a functional_bp params file (no valid header)")
-    sizes = meta.get("sizes")
-    if not isinstance(sizes, list) or len(sizes) < 2:
-        raise ValueError(f"{path}: the header's sizes {sizes!r} are not a list of layer sizes")
-    feedback = {name for name in arrays if name.startswith("feedback")}
-    expected = {f"{leaf}{l}" for l in range(1, len(sizes)) for leaf in "wb"} | feedback
-    if set(arrays) != expected:
-        raise ValueError(f"{path}: expected arrays {sorted(expected)}, found {sorted(arrays)}")
-    dtype = meta.pop("dtype", None)  # absent from files of earlier versions
-    if dtype is not None:
+    with f:
         try:
-            dtype = jnp.dtype(dtype)
-        except TypeError:
-            raise ValueError(f"{path}: unknown dtype {dtype!r} in the header") from None
-        arrays = {name: _restored(array, dtype, path) for name, array in arrays.items()}
-    params = [Layer(arrays[f"w{l}"], arrays[f"b{l}"]) for l in range(1, len(sizes))]
-    if feedback:
-        meta["feedback"] = [arrays[f"feedback{l}"] for l in range(1, len(feedback) + 1)]
+            data = np.load(f, allow_pickle=False)
+        except zipfile.BadZipFile as error:
+            raise ValueError(
+                f"{path}: not a functional_bp params file (a truncated or damaged archive: {error})"
+            ) from None
+        except _READ_ERRORS as error:
+            raise ValueError(f"{path}: not a functional_bp params file ({error})") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(
+                f"{path}: not a functional_bp params file (a single .npy array, not an .npz "
+                "archive)"
+            )
+        with data:
+            return _read(path, data)
+
+
+def _read(path: Path, data: np.lib.npyio.NpzFile) -> tuple[list[Layer], dict[str, Any]]:
+    meta = _header(path, data)
+    sizes = meta["sizes"]
+    layers = range(1, len(sizes))
+    names = set(data.files) - {"header"}
+    feedback = sorted((n for n in names if _FEEDBACK.fullmatch(n)), key=lambda n: int(n[8:]))
+    numbered = [f"feedback{k}" for k in range(1, len(feedback) + 1)]
+    if feedback != numbered:
+        raise ValueError(
+            f"{path}: feedback entries {feedback} are not numbered feedback1..feedback"
+            f"{len(feedback)}"
+        )
+    expected = {f"{leaf}{l}" for l in layers for leaf in "wb"}
+    unexpected = sorted(names - expected - set(feedback))
+    if unexpected:
+        raise ValueError(
+            f"{path}: unexpected entries {unexpected} (a params file of sizes {sizes} holds "
+            f"header, w1..w{len(sizes) - 1}, b1..b{len(sizes) - 1} and feedback1..)"
+        )
+    missing = sorted(expected - names, key=lambda n: (int(n[1:]), n[0]))
+    if missing:
+        raise ValueError(
+            f"{path}: missing entries {missing} (the header's sizes {sizes} need "
+            f"w1..w{len(sizes) - 1} and b1..b{len(sizes) - 1})"
+        )
+    dtype = _dtype(path, meta, _entry(path, data, "w1"))
+    params = []
+    for l in layers:
+        leaves = []
+        for leaf, shape in (("w", (sizes[l], sizes[l - 1])), ("b", (sizes[l],))):
+            name = f"{leaf}{l}"
+            array = _restored(_entry(path, data, name), dtype, path, name)
+            if array.shape != shape:
+                raise ValueError(
+                    f"{path}: entry {name!r} has shape {array.shape}, the header's sizes "
+                    f"{sizes} give {shape}"
+                )
+            leaves.append(array)
+        params.append(Layer(*leaves))
     try:
-        found = check_params(params)
+        check_params(params)
     except (ValueError, TypeError) as error:
         raise ValueError(f"{path}: {error}") from None
-    if found != sizes:
-        raise ValueError(f"{path}: arrays have sizes {found}, the header says {sizes}")
+    if feedback:
+        matrices = [_restored(_entry(path, data, n), dtype, path, n) for n in feedback]
+        try:
+            meta["feedback"] = _check_feedback(
+                matrices,
+                params,
+                dtype,
+                meta.get("rule"),
+                lambda i: f"entry 'feedback{i + 1}'",
+                f"entries feedback1..feedback{len(feedback)}",
+            )
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{path}: {error}") from None
     return params, meta

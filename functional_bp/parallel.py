@@ -154,7 +154,7 @@ def _global_batches(mesh, axis, data, indices):
     """The global array ``data[indices]`` (indices of shape (steps, batch)), sharded over
     ``axis`` along the batch: each process gathers only the rows of its own devices."""
     sharding = NamedSharding(mesh, PartitionSpec(None, axis))
-    shape = (*indices.shape, data.shape[1])
+    shape = (*indices.shape, *data.shape[1:])  # targets may be labels, one per example
     return jax.make_array_from_callback(shape, sharding, lambda index: data[indices[index[:2]]])
 
 

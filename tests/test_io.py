@@ -72,7 +72,7 @@ def test_load_rejects_bad_files(tmp_path):
         arrays = dict(data)
     arrays["w1"] = np.ones((2, 4))
     np.savez(tmp_path / "bad.npz", **arrays)
-    with pytest.raises(ValueError, match=r"bad.npz: arrays have sizes \[4, 2\], the header"):
+    with pytest.raises(ValueError, match=r"bad.npz: entry 'w1' has shape \(2, 4\), the header"):
         load_params(tmp_path / "bad.npz")
 
 
