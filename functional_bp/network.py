@@ -124,15 +124,16 @@ def jit_with_net(fn=None, *, static: tuple[str, ...] = ()):
       ...     return xs.shape[-1]
       >>> width(jnp.ones((2, 3)), "relu")
       Traceback (most recent call last):
-      TypeError: width takes 1 positional argument (xs), got 2: pass the others by keyword ...
+      TypeError: width takes 1 positional argument (xs), got 2: pass the others by keyword (net=); ...
     """
     if fn is None:
         return functools.partial(jit_with_net, static=static)
-    static_names = ("net", *static)
-    jitted = jax.jit(fn, static_argnames=static_names)
     parameters = inspect.signature(fn).parameters.values()
+    static_names = tuple(p.name for p in parameters if p.name in ("net", *static))
+    jitted = jax.jit(fn, static_argnames=static_names)
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     positional = [p.name for p in parameters if p.kind in kinds]
+    keywords = ", ".join(f"{p.name}=" for p in parameters if p.kind == p.KEYWORD_ONLY)
     variadic = any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in parameters)
     static_positions = [(i, name) for i, name in enumerate(positional) if name in static]
     static_keywords = [name for name in static if name not in positional]
@@ -150,7 +151,7 @@ def jit_with_net(fn=None, *, static: tuple[str, ...] = ()):
             raise TypeError(
                 f"{fn.__name__} takes {count} positional argument{'s' * (count != 1)} "
                 f"({', '.join(positional)}), got {len(args)}: pass the others by keyword "
-                f"(the extra one is {_shown(args[count])})"
+                f"({keywords}); the extra one is {_shown(args[count])}"
             )
         net = kwargs.get("net", _DEFAULT)
         if net is not _DEFAULT:

@@ -1,4 +1,4 @@
-"""Feedback alignment, direct feedback alignment and sign symmetry for every activation
+"""Every learning rule (fa, dfa, sign, kp, usf, brsf, frsf, bp) for every activation
 and cost, against `jax.grad` of a network whose layers send the error back through B
 (`jax.custom_vjp`), in float64 to 1e-10."""
 
@@ -70,17 +70,54 @@ def _reference(params, matrices, xs, ys, net, rule):
     return jax.tree.map(lambda g: jnp.mean(g, axis=0), per_example)
 
 
-RULES = ("fa", "dfa", "sign")
+# Every rule, and sign with another scale: (rule, the gradient's scale).
+CASES = (
+    ("fa", None),
+    ("dfa", None),
+    ("sign", None),
+    ("sign", 0.3),
+    ("kp", None),
+    ("usf", None),
+    ("usf", 0.7),
+    ("brsf", None),
+    ("frsf", None),
+    ("bp", None),
+)
+
+
+def _reference_matrices(params, feedback_matrices, rule, scale, key):
+    """B^l of each rule, built here from its definition (brsf's draw is the library's,
+    its magnitudes and signs are checked in tests/test_feedback.py)."""
+    weights = [l.w for l in params[1:]]
+    xavier = [jnp.sqrt(2.0 / (w.shape[0] + w.shape[1])) for w in weights]
+    if rule in ("fa", "dfa", "kp"):
+        return feedback_matrices
+    if rule == "bp":
+        return weights
+    if rule == "sign":
+        return [(1.0 if scale is None else scale) * jnp.sign(w) for w in weights]
+    if rule == "usf":
+        return [(s if scale is None else scale) * jnp.sign(w) for s, w in zip(xavier, weights)]
+    if rule == "frsf":
+        return [jnp.abs(r) * jnp.sign(w) for r, w in zip(feedback_matrices, weights)]
+    return feedback.feedback_matrices(params, None, rule="brsf", key=key)
 
 
 @functools.partial(jax.jit, static_argnames="net")
-def library_and_reference(params, feedbacks, xs, ys, net):
+def library_and_reference(params, feedbacks, xs, ys, key, net):
     """Every rule's update, from the library and the reference, in one program."""
     results = []
-    for rule, matrices in zip(RULES, feedbacks):
-        reference_matrices = [jnp.sign(l.w) for l in params[1:]] if rule == "sign" else matrices
-        got = feedback.feedback_grad(params, matrices, xs, ys, rule=rule, net=net)
+    for (rule, scale), matrices in zip(CASES, feedbacks):
+        options = dict(scale=scale, key=key if rule == "brsf" else None)
+        reference_matrices = _reference_matrices(params, matrices, rule, scale, key)
+        got = feedback.feedback_grad(params, matrices, xs, ys, rule=rule, net=net, **options)
         results.append((got, _reference(params, reference_matrices, xs, ys, net, rule)))
+    results.append(
+        (
+            feedback.feedback_grad(params, None, xs, ys, rule="bp", net=net),
+            fbp.grad(params, xs, ys, net=net),
+        )
+    )
     return results
 
 
@@ -88,8 +125,11 @@ def library_and_reference(params, feedbacks, xs, ys, net):
 def test_every_activation_and_cost(combo):
     seed = COMBOS.index(combo)
     params, xs, ys = random_problem(920 + seed, batch=4, sizes=DEPTHS[2 + seed % 3])
-    feedbacks = [feedback.init_feedback(jax.random.key(seed), params, rule) for rule in RULES]
-    results = library_and_reference(params, feedbacks, xs, ys, network(combo))
-    assert len(results) == len(RULES)
+    feedbacks = [feedback.init_feedback(jax.random.key(seed), params, rule) for rule, _ in CASES]
+    key = jax.random.key(1000 + seed)
+    results = library_and_reference(params, feedbacks, xs, ys, key, network(combo))
+    assert len(results) == len(CASES) + 1
     for got, want in results:
         assert_tree_close(got, want, rtol=1e-10, atol=1e-15)
+    # bp is backprop: `grad` to float64 rounding.
+    assert_tree_close(results[-1][0], results[-1][1], rtol=1e-13, atol=1e-15)
