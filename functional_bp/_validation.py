@@ -250,3 +250,20 @@ def optional_non_negative(value: Any, name: str) -> None:
 
 def optional_count(value: Any, name: str) -> None:
     check_number(value, name, minimum=1, optional=True)
+
+
+def finite_array(value: Any, name: str) -> None:
+    """A `check_values` rule: refuses a concrete float array holding NaN or inf, naming
+    it (one reduction on the device). Tracers (your own jit or vmap), non-arrays and
+    integer arrays are left to the shape and dtype checks."""
+    if is_traced(value) or not hasattr(value, "dtype"):
+        return
+    if not jnp.issubdtype(value.dtype, jnp.inexact):
+        return
+    xp = np if isinstance(value, np.ndarray) else jnp
+    bad = int(xp.sum(~xp.isfinite(value)))
+    if bad:
+        raise ValueError(
+            f"Expected {name} to be finite, got {bad} NaN or infinite entries of "
+            f"{np.size(value)} (shape {np.shape(value)}) instead"
+        )

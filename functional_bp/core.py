@@ -63,6 +63,7 @@ __all__ = [
     "output_errors",
     "summed_gradients",
     "targets",
+    "working_precision",
 ]
 
 
@@ -216,6 +217,27 @@ def targets(ys: Array, outputs: Array) -> Array:
     if jnp.issubdtype(ys.dtype, jnp.integer):
         return jax.nn.one_hot(ys, outputs.shape[-1], dtype=outputs.dtype)
     return ys.astype(outputs.dtype)
+
+
+def working_precision(params: Params, xs: Array, ys: Array):
+    """``(dtype, (params, xs, ys))``: the params' dtype, and the inputs in at least float32
+    (float16 and bfloat16 cast up, float32 and float64 as they are; integer class labels
+    stay labels). Statistics and curvature compute in it and cast back to ``dtype``.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 2], dtype=jnp.float16)
+      >>> xs, labels = jnp.ones((4, 3)), jnp.zeros(4, jnp.int32)
+      >>> dtype, (params, xs, ys) = fbp.core.working_precision(params, xs, labels)
+      >>> dtype, params[0].w.dtype, ys.dtype
+      (dtype('float16'), dtype('float32'), dtype('int32'))
+    """
+    dtype = jnp.result_type(params[0].w)
+    work = jnp.promote_types(dtype, jnp.float32)
+    params = jax.tree.map(lambda leaf: jnp.asarray(leaf).astype(work), params)
+    ys = jnp.asarray(ys)
+    if not jnp.issubdtype(ys.dtype, jnp.integer):
+        ys = ys.astype(work)
+    return dtype, (params, jnp.asarray(xs).astype(work), ys)
 
 
 def example_costs(net: Network, cache: Cache, ys: Array) -> Array:

@@ -18,6 +18,15 @@ dC/da^L. Eq 99 gives its outer products with a_i^{l-1}, so
 \left((a_i^{l-1})^2\right)^\top, \]
 
 with b_ik^l the column backpropagated to layer l: n_L backward passes, no Jacobian.
+
+Numerics. Everything is computed in at least float32 (LAPACK's eigh has no float16 or
+bfloat16): half-precision params, xs and ys are cast up first, and the results come
+back in the params' dtype (the running average of `scale_by_diag_ggn` is kept in at
+least float32). A concrete xs or ys holding NaN or inf is refused with a ValueError
+naming it, before any computation; under your own `jax.jit` or `jax.vmap` it is a
+tracer and is not checked. The preconditioner of `scale_by_diag_ggn` clamps the
+curvature at 0 (a cost whose Hessian is indefinite has a GGN that is not positive
+semi-definite), so its step is always a descent direction.
 """
 
 from __future__ import annotations
@@ -30,7 +39,13 @@ import jax.numpy as jnp
 import optax
 
 from functional_bp import core
-from functional_bp._validation import check_int, check_key, check_number
+from functional_bp._validation import (
+    check_int,
+    check_key,
+    check_number,
+    check_values,
+    finite_array,
+)
 from functional_bp.equations import output_error
 from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
@@ -48,6 +63,11 @@ __all__ = [
     "mean_diag_ggn",
     "scale_by_diag_ggn",
 ]
+
+
+def _cast(tree, dtype):
+    """Every leaf of ``tree`` in ``dtype``."""
+    return jax.tree.map(lambda leaf: leaf.astype(dtype), tree)
 
 
 def _hessian_factor(net: Network, z_L: Array, a_L: Array, y: Array) -> tuple[Array, Array]:
@@ -78,7 +98,7 @@ def _backpropagated(net: Network, params: Params, cache: core.Cache, columns: Ar
 def _factor_columns(net: Network, params: Params, xs: Array, ys: Array):
     """The forward cache, the weights lambda (batch, n_L) and the backpropagated columns."""
     cache = core.forward_pass(net, params, xs)
-    ys = ys.astype(cache.activations[-1].dtype)
+    ys = core.targets(ys, cache.activations[-1])  # integer class labels to one-hot
     factor = functools.partial(_hessian_factor, net)
     weights, columns = jax.vmap(factor)(cache.zs[-1], cache.activations[-1], ys)
     return cache, weights, _backpropagated(net, params, cache, columns)
@@ -96,6 +116,7 @@ def _diagonal(cache: core.Cache, weights: Array, columns: list[Array], n: int) -
     ]
 
 
+@check_values(xs=finite_array, ys=finite_array)
 @jit_with_net
 def diag_ggn(
     params: Params,
@@ -113,6 +134,10 @@ def diag_ggn(
     z^L and H the Hessian of the cost in z^L; otherwise J is the Jacobian of a^L and H
     the Hessian in a^L (I for "quadratic", 2I for "squared_error"). Computed by
     backpropagating the n_L columns of the eigendecomposition of each H_i through eq 96.
+
+    For a cost whose Hessian is indefinite (a `Cost` of your own), entries can be
+    negative: this is the exact diagonal; `scale_by_diag_ggn` clamps it. Computed in
+    at least float32, returned in the params' dtype.
 
     Args:
       params: a list of `Layer`.
@@ -139,8 +164,9 @@ def mean_diag_ggn(net: Network, params: Params, xs: Array, ys: Array) -> list[La
       >>> [d.b.shape for d in fbp.curvature.mean_diag_ggn(Network(), params, xs, ys)]
       [(4,), (2,)]
     """
+    dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
     cache, weights, columns = _factor_columns(net, params, xs, ys)
-    return _diagonal(cache, weights, columns, xs.shape[0])
+    return _cast(_diagonal(cache, weights, columns, xs.shape[0]), dtype)
 
 
 def _sampler(net: Network):
@@ -157,7 +183,8 @@ def _sampler(net: Network):
     )
 
 
-@functools.partial(jax.jit, static_argnames=("samples", "net"))
+@check_values(xs=finite_array, ys=finite_array)
+@jit_with_net(static=("samples",))
 def diag_ggn_mc(
     key: Array,
     params: Params,
@@ -177,7 +204,8 @@ def diag_ggn_mc(
     \( \mathbb{E}_{y_s}[\delta^L(y_s) \delta^L(y_s)^\top] = H \), so backpropagating
     delta^L(y_s) / sqrt(samples), eqs 90-91 with the sampled target, gives an unbiased
     estimate with ``samples`` backward passes instead of n_L.
-    Log-likelihood assumes targets that sum to 1 (one-hot).
+    Log-likelihood assumes targets that sum to 1 (one-hot). Sampled and computed in at
+    least float32, returned in the params' dtype.
 
     Args:
       key: a `jax.random` key for the targets.
@@ -198,6 +226,7 @@ def diag_ggn_mc(
     check_key(key)
     samples = check_int(samples, "samples")
     sample = _sampler(net)
+    dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
     cache = core.forward_pass(net, params, xs)
     z_L, a_L = cache.zs[-1], cache.activations[-1]
     keys = jax.random.split(key, (xs.shape[0], samples))
@@ -205,7 +234,8 @@ def diag_ggn_mc(
     error = functools.partial(output_error, net=net)
     columns = jax.vmap(jax.vmap(error, in_axes=(None, None, 0)))(z_L, a_L, targets)
     weights = jnp.full((xs.shape[0], samples), 1 / samples, z_L.dtype)
-    return _diagonal(cache, weights, _backpropagated(net, params, cache, columns), xs.shape[0])
+    diagonal = _diagonal(cache, weights, _backpropagated(net, params, cache, columns), xs.shape[0])
+    return _cast(diagonal, dtype)
 
 
 class KFACFactors(NamedTuple):
@@ -227,6 +257,7 @@ class KFACFactors(NamedTuple):
     G: Array
 
 
+@check_values(xs=finite_array, ys=finite_array)
 @jit_with_net
 def kfac_factors(
     params: Params,
@@ -247,7 +278,8 @@ def kfac_factors(
 
     For one example ``jnp.kron(G, A)`` is
     exactly the GGN block of layer l; for a batch, kron of the means approximates the
-    mean of the krons (the K-FAC approximation).
+    mean of the krons (the K-FAC approximation). Computed in at least float32,
+    returned in the params' dtype.
 
     Args:
       params: a list of `Layer`.
@@ -265,6 +297,7 @@ def kfac_factors(
       [((4, 4), (4, 4)), ((5, 5), (2, 2))]
     """
     core.check(net, params, xs, ys)
+    dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
     cache, weights, columns = _factor_columns(net, params, xs, ys)
     n = xs.shape[0]
     factors = []
@@ -272,7 +305,7 @@ def kfac_factors(
         a_bar = jnp.concatenate([a, jnp.ones_like(a[:, :1])], axis=1)
         g = jnp.einsum("ik,ikm,ikn->mn", weights, b, b) / n
         factors.append(KFACFactors(a_bar.T @ a_bar / n, g))
-    return factors
+    return _cast(factors, dtype)
 
 
 # A diagonal Gauss-Newton preconditioner for optax.
@@ -309,14 +342,29 @@ class DiagGGNState(NamedTuple):
 
 
 def scale_by_diag_ggn(damping: float = 0.1, decay: float = 0.9) -> CurvatureTransformation:
-    r"""g -> g / (c + damping), with c the diagonal GGN of the mini-batch, or with ``decay``
-    > 0 its running average c <- decay c + (1 - decay) diag_ggn (bias-corrected, as Adam's
-    second moment): a Newton step in the Gauss-Newton metric, one parameter at a time:
+    r"""g -> g / (max(c, 0) + damping), with c the diagonal GGN of the mini-batch, or with
+    ``decay`` > 0 its running average c <- decay c + (1 - decay) diag_ggn (bias-corrected,
+    as Adam's second moment): a Newton step in the Gauss-Newton metric, one parameter at
+    a time:
 
     \[ c_t = \beta c_{t-1} + (1 - \beta) \operatorname{diag} G_t, \qquad g \mapsto
-    \frac{g}{c_t / (1 - \beta^t) + \lambda}, \]
+    \frac{g}{\max\left(c_t / (1 - \beta^t), 0\right) + \lambda}, \]
 
     with \( \beta \) = ``decay`` and \( \lambda \) = ``damping``.
+
+    The curvature is clamped at 0 before the damping. For the built-in costs (convex in
+    the network's output) the GGN is positive semi-definite, c >= 0 and the clamp changes
+    nothing. For a cost whose Hessian in the output is indefinite (a `Cost` of your own,
+    e.g. one with negative curvature somewhere), c can be negative: c + damping < 0 would
+    flip the sign of the step (gradient ascent) and c + damping ~ 0 would blow it up.
+    With the clamp the preconditioner is >= damping > 0 in every entry, so the step
+    -eta g / (max(c, 0) + lambda) of `diag_ggn_descent` has
+    \( \langle -\eta\, g / (\max(c, 0) + \lambda), g \rangle = -\eta \sum_j g_j^2 /
+    (\max(c_j, 0) + \lambda) \le 0 \): a descent direction. The state keeps the
+    unclamped average.
+
+    Computed in at least float32 (the state's running average is kept so); the updates
+    come back in the gradient's dtype.
 
     Args:
       damping: added to the curvature; it bounds the step where the curvature is ~0.
@@ -340,7 +388,10 @@ def scale_by_diag_ggn(damping: float = 0.1, decay: float = 0.9) -> CurvatureTran
         raise ValueError(f"Expected decay in [0, 1), got {decay} instead")
 
     def init(params):
-        return DiagGGNState(jax.tree.map(jnp.zeros_like, params), jnp.zeros([], jnp.int32))
+        def zeros(p):
+            return jnp.zeros(jnp.shape(p), jnp.promote_types(jnp.result_type(p), jnp.float32))
+
+        return DiagGGNState(jax.tree.map(zeros, params), jnp.zeros([], jnp.int32))
 
     def update(updates, state, params=None, *, diag_ggn=None, **extra):
         if diag_ggn is None:
@@ -350,13 +401,19 @@ def scale_by_diag_ggn(damping: float = 0.1, decay: float = 0.9) -> CurvatureTran
             )
         count = state.count + 1
         curvature = jax.tree.map(
-            lambda c, d: decay * c + (1 - decay) * d, state.curvature, diag_ggn
+            lambda c, d: (decay * c + (1 - decay) * d.astype(c.dtype)).astype(c.dtype),
+            state.curvature,
+            diag_ggn,
         )
         correction = 1 - decay**count
-        updates = jax.tree.map(
-            lambda g, c: g / (c / correction.astype(c.dtype) + damping), updates, curvature
-        )
-        return updates, DiagGGNState(curvature, count)
+
+        def precondition(g, c):
+            work = jnp.promote_types(jnp.result_type(g), c.dtype)
+            c = c.astype(work) / correction.astype(work)
+            # max(c, 0): an indefinite cost's GGN can be negative; the step stays descent.
+            return (g.astype(work) / (jnp.maximum(c, 0) + damping)).astype(jnp.result_type(g))
+
+        return jax.tree.map(precondition, updates, curvature), DiagGGNState(curvature, count)
 
     return CurvatureTransformation(init, update)
 
@@ -364,9 +421,11 @@ def scale_by_diag_ggn(damping: float = 0.1, decay: float = 0.9) -> CurvatureTran
 def diag_ggn_descent(
     learning_rate: float, damping: float = 0.1, decay: float = 0.9
 ) -> CurvatureTransformation:
-    r"""theta <- theta - learning_rate * g / (diag GGN + damping): `scale_by_diag_ggn`
-    then `optax.scale(-learning_rate)`,
-    \( \theta \leftarrow \theta - \eta \, g / (\operatorname{diag} G + \lambda) \).
+    r"""theta <- theta - learning_rate * g / (max(diag GGN, 0) + damping):
+    `scale_by_diag_ggn` then `optax.scale(-learning_rate)`,
+    \( \theta \leftarrow \theta - \eta \, g / (\max(\operatorname{diag} G, 0) +
+    \lambda) \): a descent direction whatever the sign of the curvature (see
+    `scale_by_diag_ggn`).
     Use it as any optax optimizer with `training.train_step` or `training.epoch` (the
     CLI: ``train --optimizer diag_ggn --damping ...``).
 

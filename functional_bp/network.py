@@ -124,7 +124,7 @@ def jit_with_net(fn=None, *, static: tuple[str, ...] = ()):
       ...     return xs.shape[-1]
       >>> width(jnp.ones((2, 3)), "relu")
       Traceback (most recent call last):
-      TypeError: width takes 1 positional argument (xs), got 2: pass the others by keyword (net=); ...
+      TypeError: width takes 1 positional argument (xs), got 2: pass the others by keyword ...
     """
     if fn is None:
         return functools.partial(jit_with_net, static=static)

@@ -4,6 +4,14 @@ The core keeps every example's error terms delta_i^l and activations a_i^{l-1}, 
 dense layer's g_i is their outer product (eq 99). So each statistic below is a few matrix
 products over the batch; no per-example gradient of shape (batch, n_l, n_{l-1}) is ever
 built (BackPACK's BatchL2Grad, SumGradSquared, Variance and BatchDotGrad, in JAX).
+
+Numerics. Every statistic is computed in at least float32: float16 and bfloat16 params,
+xs and ys are cast up first (a square of a float16 gradient underflows below 2.4e-4 and
+overflows above 256), and the result is cast back to the params' dtype, except
+`gradient_noise_scale`, whose three scalars stay in at least float32 (a ratio of sums of
+squares, which float16 would overflow). A concrete xs or ys holding NaN or inf is refused
+with a ValueError naming it, before any computation (one reduction on the device); under
+your own `jax.jit` or `jax.vmap` it is a tracer and is not checked.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from functional_bp import core
+from functional_bp._validation import check_values, finite_array
 from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
 from functional_bp.per_example import norms_from_record
@@ -21,6 +30,11 @@ from functional_bp.per_example import norms_from_record
 Array = jax.Array
 
 __all__ = ["NoiseScale", "batch_dot", "grad_variance", "gradient_noise_scale", "sum_grad_squared"]
+
+
+def _cast(tree, dtype):
+    """Every leaf of ``tree`` in ``dtype``."""
+    return jax.tree.map(lambda leaf: leaf.astype(dtype), tree)
 
 
 def _squares(result: core.Record) -> list[Layer]:
@@ -31,6 +45,7 @@ def _squares(result: core.Record) -> list[Layer]:
     ]
 
 
+@check_values(xs=finite_array, ys=finite_array)
 @jit_with_net
 def sum_grad_squared(
     params: Params,
@@ -60,9 +75,11 @@ def sum_grad_squared(
       [(4, 3), (2, 4)]
     """
     core.check(net, params, xs, ys)
-    return _squares(core.backprop_batch(net, params, xs, ys))
+    dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
+    return _cast(_squares(core.backprop_batch(net, params, xs, ys)), dtype)
 
 
+@check_values(xs=finite_array, ys=finite_array)
 @jit_with_net
 def grad_variance(
     params: Params,
@@ -90,13 +107,16 @@ def grad_variance(
       ([(4, 3), (2, 4)], True)
     """
     core.check(net, params, xs, ys)
+    dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
     result = core.backprop_batch(net, params, xs, ys)
     n = xs.shape[0]
     summed, squares = core.summed_gradients(result.deltas, result.cache), _squares(result)
     # Rounding can leave -1e-17 where the variance is 0; a variance is never negative.
-    return jax.tree.map(lambda s, q: jnp.maximum(q / n - (s / n) ** 2, 0), summed, squares)
+    variance = jax.tree.map(lambda s, q: jnp.maximum(q / n - (s / n) ** 2, 0), summed, squares)
+    return _cast(variance, dtype)
 
 
+@check_values(xs=finite_array, ys=finite_array)
 @jit_with_net
 def batch_dot(
     params: Params,
@@ -127,8 +147,10 @@ def batch_dot(
       (5, 5)
     """
     core.check(net, params, xs, ys)
+    dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
     result = core.backprop_batch(net, params, xs, ys)
-    return sum((d @ d.T) * (a @ a.T + 1) for d, a in zip(result.deltas, result.cache.activations))
+    gram = sum((d @ d.T) * (a @ a.T + 1) for d, a in zip(result.deltas, result.cache.activations))
+    return gram.astype(dtype)
 
 
 class NoiseScale(NamedTuple):
@@ -136,8 +158,9 @@ class NoiseScale(NamedTuple):
     \( B_\text{simple} = \operatorname{tr}(\Sigma) / \lvert G \rvert^2 \).
 
     Attributes:
-      b_simple: tr(Sigma) / |G|^2.
-      trace: tr(Sigma) = sum_i ||g_i - g_bar||^2 / (N - 1), unbiased.
+      b_simple: tr(Sigma) / |G|^2; +inf where |G|^2 is 0 and tr(Sigma) > 0, NaN where
+        both are 0 (see `gradient_noise_scale`).
+      trace: tr(Sigma) = sum_i ||g_i - g_bar||^2 / (N - 1), unbiased, never negative.
       grad_norm_sq: |G|^2 estimated without bias as ||g_bar||^2 - tr(Sigma) / N.
 
     Examples:
@@ -151,6 +174,7 @@ class NoiseScale(NamedTuple):
     grad_norm_sq: Array
 
 
+@check_values(xs=finite_array, ys=finite_array)
 @jit_with_net
 def gradient_noise_scale(
     params: Params,
@@ -178,6 +202,25 @@ def gradient_noise_scale(
     and ``grad_norm_sq`` separately before dividing (the paper's advice): the ratio of
     one batch is noisy and is negative when the estimate of |G|^2 is.
 
+    At a zero gradient the ratio is decided here, not left to a 0/0 (``trace`` is
+    clamped at 0, as rounding can leave -1e-17 where every g_i is the same):
+
+    - the mean gradient exactly 0 with noise (g_bar = 0, tr(Sigma) > 0): |G|^2 =
+      -tr(Sigma)/N, so ``b_simple`` = -N, finite and negative like any batch whose
+      estimate of |G|^2 is negative;
+    - |G|^2 exactly 0 and tr(Sigma) > 0 (noise, no signal): ``b_simple`` = +inf;
+    - every g_i = 0 (tr(Sigma) = 0 and |G|^2 = 0: a stationary point of every example,
+      a dead network): ``b_simple`` = NaN, as the ratio is undefined (its limit depends
+      on how the gradients vanish: 0 along g_i = g -> 0, -N along g_bar = 0). ``trace``
+      and ``grad_norm_sq`` are then 0, finite:
+
+    \[ B_\text{simple} = \begin{cases} \operatorname{tr}(\Sigma) / \lvert G \rvert^2 &
+    \lvert G \rvert^2 \ne 0 \\ +\infty & \lvert G \rvert^2 = 0 < \operatorname{tr}(\Sigma)
+    \\ \text{NaN} & \lvert G \rvert^2 = \operatorname{tr}(\Sigma) = 0. \end{cases} \]
+
+    Computed in at least float32, and returned so: the three scalars of float16 params
+    are float32 (a ratio of sums of squares, which float16 would overflow).
+
     Args:
       params: a list of `Layer`.
       xs: shape (batch, n_in), at least two examples.
@@ -200,12 +243,22 @@ def gradient_noise_scale(
         raise ValueError(
             f"Expected at least two examples for a variance, got xs of shape {xs.shape}"
         )
+    _, (params, xs, ys) = core.working_precision(params, xs, ys)
     result = core.backprop_batch(net, params, xs, ys)
     mean_sq = sum(
         jnp.sum((g / n) ** 2)
         for g in jax.tree.leaves(core.summed_gradients(result.deltas, result.cache))
     )
     squared = norms_from_record(result).total ** 2  # ||g_i||^2, from the error terms (per_example)
-    trace = (jnp.sum(squared) - n * mean_sq) / (n - 1)
+    # A sum of squared deviations is never negative; rounding can leave -1e-17 at 0.
+    trace = jnp.maximum((jnp.sum(squared) - n * mean_sq) / (n - 1), 0)
     grad_norm_sq = mean_sq - trace / n
-    return NoiseScale(trace / grad_norm_sq, trace, grad_norm_sq)
+    return NoiseScale(_noise_ratio(trace, grad_norm_sq), trace, grad_norm_sq)
+
+
+def _noise_ratio(trace: Array, grad_norm_sq: Array) -> Array:
+    """trace / grad_norm_sq, with +inf for (trace > 0, 0) and NaN for (0, 0) chosen
+    explicitly (`gradient_noise_scale`), not left to the division."""
+    zero = grad_norm_sq == 0
+    ratio = trace / jnp.where(zero, 1, grad_norm_sq)
+    return jnp.where(zero, jnp.where(trace > 0, jnp.inf, jnp.nan), ratio)
