@@ -188,7 +188,9 @@ def load_feedback(path: str | os.PathLike) -> Optional[list[np.ndarray]]:
     """The feedback matrices `save_params` stored with the params, or None.
 
     Raises:
-      As `load_params`.
+      FileNotFoundError: no such file.
+      ValueError: as `load_params`: not such a file, or an entry or the header does not
+        match (named in the message).
 
     Examples:
       >>> import os, tempfile
