@@ -20,7 +20,7 @@ from typing import Optional
 import jax
 
 from functional_bp import diagnostics
-from functional_bp.cli import demo, diagnose, gradcheck, train
+from functional_bp.cli import cluster, demo, diagnose, gradcheck, train
 
 __all__ = ["build_parser", "main"]
 
@@ -37,31 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         command.register(subparsers)
     return parser
-
-
-def _init_distributed(args: argparse.Namespace) -> None:
-    """`jax.distributed.initialize` from --coordinator, --num-processes and --process-id,
-    or from the cluster's environment with --distributed; before any JAX computation."""
-    given = [args.coordinator, args.num_processes, args.process_id]
-    if not args.distributed and None in given:
-        raise ValueError(
-            "several processes need --coordinator, --num-processes and --process-id "
-            "together (or --distributed on a cluster JAX detects)"
-        )
-    if args.process_id is not None and args.process_id >= args.num_processes:
-        raise ValueError(
-            f"--process-id {args.process_id} must be below --num-processes {args.num_processes}"
-        )
-    # CPUs reach each other with gloo; GPUs and TPUs use their own collectives.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-
-
-def _cluster(args: argparse.Namespace) -> bool:
-    names = ("coordinator", "num_processes", "process_id")
-    return getattr(args, "distributed", False) or any(
-        getattr(args, name, None) is not None for name in names
-    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -83,19 +58,25 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (RuntimeError, OverflowError, MemoryError) as error:  # XLA, sizes, the host
+        print(f"error: {type(error).__name__}: {error}".rstrip(": "), file=sys.stderr)
+        return 1
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parses ``argv`` (default: the command line) and runs the subcommand; returns the
     exit status."""
     args = build_parser().parse_args(argv)
-    if not _cluster(args):
+    if not cluster.requested(args):
         return _run(args)
     try:
-        _init_distributed(args)
-    except ValueError as error:
+        cluster.start(args)  # bounded by --init-timeout: an error line, not a hang
+    except ValueError as error:  # refused before anything started
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except cluster.StartFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if jax.process_index() == 0:  # process 0 reports for all
         return _run(args)
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):

@@ -58,16 +58,26 @@ def config_from(args: argparse.Namespace) -> runs.Config:
     )
 
 
+def _make_directory(out: Path) -> None:
+    """--out, created if missing; before any work."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"Cannot create --out {out}: {error.strerror or error}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     common.use_float64(args.float64)
     config = config_from(args)
     runs.check(config)  # before the check: refuse what cannot train first
     out = Path(args.out)
     outputs = train.Outputs(json=str(out / "digits.json"), plot=str(out / "digits.png"))
+    _make_directory(out)
+    common.check_outputs(**outputs._asdict())
     ok = gradcheck.check(args)
     print()
-    out.mkdir(parents=True, exist_ok=True)
-    common.check_outputs(**outputs._asdict())
     status, record = train.train(config, runs.load(config), outputs, no_progress=args.no_progress)
     if status:
         return status

@@ -31,7 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--hidden", type=common.hidden, default=[30, 30, 30, 30], help="hidden layer sizes"
     )
     parser.add_argument(
-        "--activation", default="relu", choices=sorted(ACTIVATIONS), help="compared with sigmoid"
+        "--activation",
+        default=None,
+        choices=sorted(ACTIVATIONS),
+        help="compared with sigmoid (default relu); not with --alignment",
     )
     parser.add_argument("--epochs", type=common.count, default=10)
     parser.add_argument("--learning-rate", "--eta", type=common.positive, default=0.1)
@@ -45,7 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="instead: the alignment angles of fa and kp across epochs (Lillicrap et al.)",
     )
     parser.add_argument(
-        "--weight-decay", type=common.non_negative, default=1e-3, help="--alignment: kp's decay"
+        "--weight-decay",
+        type=common.non_negative,
+        default=None,
+        help="--alignment: kp's decay (default 1e-3)",
     )
     parser.add_argument(
         "--feedback-scale",
@@ -55,6 +61,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(run=run)
+
+
+# The options that only some comparisons use: option -> (its attribute, when it is used,
+# why it is not here).
+IGNORED_UNLESS = {
+    "--weight-decay": (
+        "weight_decay",
+        lambda args: args.alignment,
+        lambda args: "it is kp's decay in --alignment; the norms train without decay",
+    ),
+    "--feedback-scale": (
+        "feedback_scale",
+        lambda args: args.alignment,
+        lambda args: "it sets the std of fa's and kp's B in --alignment; the norms train bp",
+    ),
+    "--activation": (
+        "activation",
+        lambda args: not args.alignment,
+        lambda args: "--alignment compares fa and kp in sigmoid networks",
+    ),
+}
 
 
 def configs(args: argparse.Namespace) -> dict[str, runs.Config]:
@@ -80,7 +107,9 @@ def configs(args: argparse.Namespace) -> dict[str, runs.Config]:
                 output_activation="sigmoid",
                 cost="cross_entropy",
                 rule=rule,
-                weight_decay=args.weight_decay if rule == "kp" else 0.0,
+                weight_decay=(1e-3 if args.weight_decay is None else args.weight_decay)
+                if rule == "kp"
+                else 0.0,
                 feedback_scale=args.feedback_scale,
             )
             for rule in ("fa", "kp")
@@ -93,17 +122,18 @@ def configs(args: argparse.Namespace) -> dict[str, runs.Config]:
             cost="quadratic",
             track=("layer-norms",),
         )
-        for activation in dict.fromkeys(("sigmoid", args.activation))
+        for activation in dict.fromkeys(("sigmoid", args.activation or "relu"))
     }
 
 
 def run(args: argparse.Namespace) -> int:
     """Trains each run, prints its first and last epoch, writes the figure."""
+    common.refuse_ignored(args, IGNORED_UNLESS)
     named = configs(args)
     for config in named.values():
-        runs.check(config)
+        runs.check(config, common.given(args, ("data_dir", "download")))
     common.check_outputs(plot=args.plot, json=args.json)
-    data = runs.load(next(iter(named.values())))
+    data = common.load(next(iter(named.values())))
     records = {}
     for name, config in named.items():
         bar = common.progress_bar(config.epochs, desc=name, disable=args.no_progress)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from functional_bp import runs
 from functional_bp.cli import common
 from functional_bp.network import Network
+from functional_bp.runs.loop import out_of_memory
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -32,14 +33,17 @@ def check(args: argparse.Namespace) -> bool:
     """Prints the check and the timing; returns whether every leaf passed."""
     common.use_float64(args.float64)
     net = Network(args.activation, args.output_activation, args.cost)
-    report = runs.gradient_check(
-        args.sizes,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        init=args.init,
-        dtype=jnp.float64 if args.float64 else jnp.float32,
-        net=net,
-    )
+    dtype = jnp.float64 if args.float64 else jnp.float32
+    common.check_network_memory(args.sizes, args.batch_size, jnp.dtype(dtype).itemsize)
+    with out_of_memory("the gradient check"):
+        report = runs.gradient_check(
+            args.sizes,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            init=args.init,
+            dtype=dtype,
+            net=net,
+        )
     print(f"network {args.sizes}, batch {args.batch_size}, {net}")
     print(report.check)
     print(

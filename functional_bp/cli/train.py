@@ -18,8 +18,11 @@ Several --seeds or --learning-rate values train every (seed, learning rate) in o
 program and report each learning rate's mean +- std. Every combination of --rule,
 --optimizer, several runs and --track trains, except --optimizer diag_ggn with a --rule
 (its curvature is of the network's own params); several processes train --optimizer sgd
---rule bp alone. What cannot train is refused before any data is loaded (exit 2). Ctrl-C
-writes the history of the finished epochs and exits 130."""
+--rule bp alone. What cannot train is refused before any data is loaded (exit 2), and so
+is an option the job would ignore (--damping without diag_ggn, --feedback-scale without
+fa, dfa or kp, --shared-shuffle with one run, ...). Ctrl-C writes the history of the
+finished epochs (none finished: an earlier --json stays; --save is not written) and exits
+130."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="MNIST: evaluate on the test or the validation set",
     )
     common.add_network_options(parser, None)
+    parser.set_defaults(seed=None)  # not given: seed 0, and --seeds may replace it
     parser.add_argument("--epochs", type=common.count, default=30)
     parser.add_argument("--batch-size", type=common.count, default=10)
     parser.add_argument(
@@ -56,16 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with several runs: one mini-batch order for all (faster; seeds then vary "
         "the initial weights only)",
     )
-    cluster = parser.add_argument_group(
-        "several processes (jax.distributed): data-parallel SGD of one run, process 0 writes"
-    )
-    cluster.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
-    cluster.add_argument("--num-processes", type=common.count, default=None)
-    cluster.add_argument("--process-id", type=common.seed, default=None)
-    cluster.add_argument(
-        "--distributed",
-        action="store_true",
-        help="jax.distributed.initialize() with the cluster's own detection (SLURM, ...)",
+    from functional_bp.cli import cluster  # its options, checks and bounded start-up
+
+    cluster.add_arguments(
+        parser.add_argument_group(
+            "several processes (jax.distributed): data-parallel SGD of one run, process 0 "
+            "writes; each waits at most --init-timeout for the others"
+        )
     )
     parser.add_argument(
         "--lmbda",
@@ -83,13 +84,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--optimizer", choices=list(runs.OPTIMIZERS), default="sgd")
     parser.add_argument(
-        "--damping", type=common.positive, default=0.1, help="diag_ggn: added to the curvature"
+        "--damping",
+        type=common.positive,
+        default=None,
+        help="diag_ggn: added to the curvature (default 0.1)",
     )
     parser.add_argument(
         "--ggn-decay",
         type=common.unit_interval,
-        default=0.9,
-        help="diag_ggn: decay of the curvature's running average, in [0, 1)",
+        default=None,
+        help="diag_ggn: decay of the curvature's running average, in [0, 1) (default 0.9)",
     )
     parser.add_argument(
         "--rule",
@@ -102,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--feedback-scale",
         type=common.positive,
         default=None,
-        help="fa, dfa, kp: the std of the random B (default 1/sqrt(n_l))",
+        help="fa, dfa, kp, frsf: the std of the random B (default 1/sqrt(n_l))",
     )
     parser.add_argument(
         "--track",
@@ -115,8 +119,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--track-examples",
         type=common.count,
-        default=5000,
-        help="training examples the tracked statistics use (default 5000)",
+        default=None,
+        help="with --track or a --rule: training examples the tracked statistics use "
+        "(default 5000)",
     )
     parser.add_argument(
         "--save",
@@ -133,6 +138,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+_DEFAULT = runs.Config()
+# The options that only some jobs use (the Config's own are in `runs.config.MEANINGFUL`):
+# option -> (its attribute, when it is used, why it is not here).
+IGNORED_UNLESS = {
+    "--seed": (
+        "seed",
+        lambda args: args.seeds is None,
+        lambda args: "--seeds gives the seeds; put this one in --seeds",
+    ),
+}
+# The options that are Config fields of `runs.config.MEANINGFUL`.
+CONFIG_OPTIONS = ("data_dir", "download", "shared_shuffle", "damping", "ggn_decay")
+CONFIG_OPTIONS += ("feedback_scale", "track_examples")
+
+
+def _given_or_default(args: argparse.Namespace, field: str):
+    """The option's value, or the Config's default when it was not given (None)."""
+    value = getattr(args, field)
+    return getattr(_DEFAULT, field) if value is None else value
+
+
 def config_from(args: argparse.Namespace) -> runs.Config:
     """The `runs.Config` the options describe."""
     return runs.Config(
@@ -145,7 +171,7 @@ def config_from(args: argparse.Namespace) -> runs.Config:
         output_activation=args.output_activation,
         cost=args.cost,
         init=args.init,
-        seeds=tuple(args.seeds or [args.seed]),
+        seeds=tuple(args.seeds or [args.seed or 0]),
         learning_rates=tuple(args.learning_rate),
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -153,12 +179,12 @@ def config_from(args: argparse.Namespace) -> runs.Config:
         optimizer=args.optimizer,
         lmbda=args.lmbda,
         weight_decay=args.weight_decay,
-        damping=args.damping,
-        ggn_decay=args.ggn_decay,
+        damping=_given_or_default(args, "damping"),
+        ggn_decay=_given_or_default(args, "ggn_decay"),
         rule=args.rule,
         feedback_scale=args.feedback_scale,
         track=tuple(dict.fromkeys(args.track)),
-        track_examples=args.track_examples,
+        track_examples=_given_or_default(args, "track_examples"),
         float64=args.float64,
     )
 
@@ -176,10 +202,14 @@ def run(args: argparse.Namespace) -> int:
     common.use_float64(args.float64)
     config = config_from(args)
     outputs = Outputs(args.json, args.plot, args.save)
-    runs.check(config)
+    common.refuse_ignored(args, IGNORED_UNLESS)
+    runs.check(config, common.given(args, CONFIG_OPTIONS))
     if jax.process_index() == 0:  # the one process that writes
         common.check_outputs(**outputs._asdict())
-    return train(config, runs.load(config), outputs, no_progress=args.no_progress)[0]
+        if args.save is not None and len(config.runs) > 1:  # the longest name of NAME-seed...
+            names = (runs.run_path(args.save, seed, lr) for seed, lr in config.runs)
+            runs.check_outputs(save=str(max(names, key=lambda path: len(path.name))))
+    return train(config, common.load(config), outputs, no_progress=args.no_progress)[0]
 
 
 def train(
@@ -201,7 +231,11 @@ def train(
     except runs.Interrupted as stop:
         bar.close()
         done = len(runs.per_run(stop.result.record)[0]["history"])
-        written = _write(config, stop.result, outputs._replace(save=None), announce=False)
+        # The finished epochs' history; the params never (an earlier --save stays), and
+        # nothing before an epoch has finished (an earlier --json stays).
+        written = []
+        if done:
+            written = _write(config, stop.result, outputs._replace(save=None), announce=False)
         where = f"; history written to {', '.join(written)}" if written else ""
         print(f"interrupted after {done} of {config.epochs} epochs{where}", file=sys.stderr)
         return 130, None

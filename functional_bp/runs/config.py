@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -21,6 +23,9 @@ from functional_bp.params import INITS
 
 __all__ = [
     "DATASETS",
+    "MAX_RUNS",
+    "MAX_SEED",
+    "MEANINGFUL",
     "OPTIMIZERS",
     "RULES",
     "TRACKS",
@@ -29,12 +34,27 @@ __all__ = [
     "check",
     "check_outputs",
     "load",
+    "memory_estimate",
+    "memory_limit",
     "optimizer",
 ]
 
 # Each data set's input size; every one has 10 classes.
 DATASETS = {"digits": 64, "mnist": 784}
 NUM_CLASSES = 10
+# Each data set's training examples (digits: 1797 less a test set of 359; mnist: network.py's
+# 50,000), for the memory estimate before any data is loaded.
+TRAIN_EXAMPLES = {"digits": 1438, "mnist": 50_000}
+
+MAX_SEED = 2**32
+"""Seeds are in [0, MAX_SEED): ``jax.random.key(s)`` keeps the low 32 bits of ``s``
+(``key(2**32)`` is ``key(0)``), so a larger seed would silently repeat a smaller one."""
+
+MAX_RUNS = 100_000
+"""At most this many (seed, learning rate) runs in one job, whatever the memory: the
+record holds a Python dict per run and epoch (about 1 KB), so 10**5 runs of 30 epochs
+already hold some 3 GB of history on the host, and the sweep prints a line per run.
+`memory_estimate` bounds the arrays below this."""
 
 # The optax optimizers by name, each a factory of the learning rate alone.
 _OPTAX = {
@@ -47,7 +67,9 @@ _OPTAX = {
 }
 # diag_ggn: diagonal Gauss-Newton descent (`curvature.diag_ggn_descent`).
 OPTIMIZERS = (*_OPTAX, "diag_ggn")
-RULES = ("bp", *feedback.RULES)
+# Each optimizer's state: arrays the size of the params (diag_ggn: the running curvature).
+_SLOTS = dict(sgd=0, momentum=1, nesterov=1, adam=2, adamw=2, rmsprop=1, diag_ggn=1)
+RULES = ("bp", *(rule for rule in feedback.RULES if rule != "bp"))
 TRACKS = ("noise-scale", "layer-norms")
 
 
@@ -150,6 +172,12 @@ def _one_of(value, name: str, choices) -> None:
     _require(value in choices, f"Unknown {name} {value!r}; expected one of {list(choices)}")
 
 
+def _short(values: tuple) -> str:
+    """A tuple for a message, at most 10 items shown."""
+    shown = ", ".join(map(str, values[:10]))
+    return f"({shown}{', ...' if len(values) > 10 else ''})"
+
+
 def _numbers(config: Config) -> None:
     for name in ("epochs", "batch_size", "track_examples"):
         value = getattr(config, name)
@@ -163,8 +191,20 @@ def _numbers(config: Config) -> None:
     )
     _require(len(set(lrs)) == len(lrs), f"Expected distinct learning rates, got {lrs}")
     _require(
-        len(seeds) > 0 and min(seeds) >= 0 and len(set(seeds)) == len(seeds),
-        f"Expected distinct seeds >= 0, got {seeds}",
+        len(seeds) > 0
+        and all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and 0 <= s < MAX_SEED
+            for s in seeds
+        )
+        and len(set(seeds)) == len(seeds),
+        f"Expected distinct seeds, integers in [0, 2**32), got {_short(seeds)}: jax.random.key "
+        "keeps a seed's low 32 bits, so a larger seed repeats a smaller one",
+    )
+    _require(
+        len(config.runs) <= MAX_RUNS,
+        f"{len(config.runs)} runs ({len(seeds)} seeds x {len(lrs)} learning rates) is more "
+        f"than the {MAX_RUNS} one job holds: give fewer seeds or learning rates "
+        "(--seeds, --learning-rate)",
     )
     for name in ("lmbda", "weight_decay", "damping"):
         value = getattr(config, name)
@@ -173,13 +213,130 @@ def _numbers(config: Config) -> None:
     _require(0 <= config.ggn_decay < 1, f"Expected ggn_decay in [0, 1), got {config.ggn_decay}")
 
 
-def check(config: Config) -> None:
+# The rules that draw random matrices (init_feedback's scale): the others take none.
+_DRAWN = ("fa", "dfa", "kp", "frsf")
+
+
+def _feedback_rule(config: Config) -> bool:
+    return config.rule in _DRAWN
+
+
+# Every field that only some configs use: field -> (when it is used, why it is not here).
+# `check` refuses a field that is set where it would be ignored, rather than ignore it.
+MEANINGFUL: dict[str, tuple[Callable[[Config], bool], Callable[[Config], str]]] = {
+    "data_dir": (
+        lambda c: c.dataset == "mnist",
+        lambda c: f"it is where MNIST is, and dataset {c.dataset} is bundled",
+    ),
+    "download": (
+        lambda c: c.dataset == "mnist",
+        lambda c: f"it downloads MNIST, and dataset {c.dataset} is bundled",
+    ),
+    "shared_shuffle": (
+        lambda c: len(c.runs) > 1,
+        lambda c: (
+            "it shares one mini-batch order among several runs, and there is one "
+            "(give several seeds or learning rates)"
+        ),
+    ),
+    "damping": (
+        lambda c: c.optimizer == "diag_ggn",
+        lambda c: f"it is optimizer diag_ggn's, not {c.optimizer}'s",
+    ),
+    "ggn_decay": (
+        lambda c: c.optimizer == "diag_ggn",
+        lambda c: f"it is optimizer diag_ggn's, not {c.optimizer}'s",
+    ),
+    "feedback_scale": (
+        _feedback_rule,
+        lambda c: f"it sets the std of a rule's random B; rule {c.rule} has none",
+    ),
+    "track_examples": (
+        lambda c: bool(c.track) or c.rule != "bp",
+        lambda c: (
+            "it sets the examples of the tracked statistics, and nothing is tracked "
+            "(no track, rule bp)"
+        ),
+    ),
+}
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(Config)}
+
+
+def _ignored(config: Config, given: Optional[Mapping[str, str]]) -> None:
+    """Refuses every field of ``given`` (field -> the name to report it by; None: the
+    fields that differ from their default) that `MEANINGFUL` says is ignored."""
+    if given is None:  # track_examples: a base config sets it for the runs that track
+        given = {
+            k: k for k in MEANINGFUL if k != "track_examples" and getattr(config, k) != _DEFAULTS[k]
+        }
+    for field, name in given.items():
+        if field in MEANINGFUL:
+            used, why = MEANINGFUL[field]
+            _require(used(config), f"{name} would be ignored: {why(config)}")
+
+
+def memory_estimate(config: Config) -> int:
+    """A lower bound on the bytes of the arrays training holds at once, from the sizes,
+    the dtype and the number of runs: per run the params, their gradient and update,
+    the optimizer's state, a rule's B, a mini-batch's activations and error terms, and
+    the activations of the training set that each epoch is measured on (at once)."""
+    sizes, itemsize = config.layer_sizes, jnp.dtype(config.dtype).itemsize
+    params = sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:]))
+    units = sum(sizes[1:])
+    per_run = params * (3 + _SLOTS.get(config.optimizer, 0))
+    per_run += params if config.rule != "bp" else 0
+    n_train = TRAIN_EXAMPLES.get(config.dataset, 0)
+    per_run += 3 * min(config.batch_size, n_train) * units  # a larger batch is the set
+    per_run += 2 * n_train * units
+    if config.track or config.rule != "bp":
+        per_run += 2 * min(config.track_examples, n_train) * units
+    return itemsize * len(config.runs) * per_run
+
+
+def memory_limit() -> int:
+    """Half the memory of the first device (its ``bytes_limit``, as on a GPU), or of the
+    machine (CPU): room left for the data, XLA's temporaries and everything else."""
+    stats = None
+    try:
+        stats = jax.local_devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 (a backend without memory statistics)
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]) // 2
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no bound
+        return 2**63
+
+
+def _memory(config: Config) -> None:
+    need, limit = memory_estimate(config), memory_limit()
+    _require(
+        need <= limit,
+        f"{len(config.runs)} run{'s' if len(config.runs) > 1 else ''} of sizes "
+        f"{','.join(map(str, config.layer_sizes))} would need at least {need / 2**30:.1f} GiB "
+        f"(params, optimizer state, a mini-batch and the measured activations, "
+        f"{jnp.dtype(config.dtype).name}), more than the {limit / 2**30:.1f} GiB allowed (half "
+        "of this machine's or device's memory): give fewer seeds or learning rates (--seeds, "
+        "--learning-rate), smaller sizes (--sizes) or a smaller batch_size (--batch-size)",
+    )
+
+
+def check(config: Config, given: Optional[Mapping[str, str]] = None) -> None:
     """Refuses, with the reason, a config that cannot train, before any data is loaded.
+
+    Args:
+      config: the `Config`.
+      given: the fields the user set, each with the name to report it by (the command
+        line's option); None: the fields that differ from their default, except
+        track_examples (a base config may set it for the runs that track). Each that
+        `MEANINGFUL` says this config would ignore is refused.
 
     Raises:
       ValueError: unknown names, out-of-range numbers, sizes that do not fit the data
-        set, a cost the output activation cannot feed, or a combination that has no
-        meaning (named in the message).
+        set, a cost the output activation cannot feed, a combination that has no
+        meaning, an option the config would ignore, or more runs than memory holds
+        (each named in the message).
     """
     _one_of(config.dataset, "dataset", DATASETS)
     _one_of(config.eval_on, "eval_on", ("test", "validation"))
@@ -211,10 +368,6 @@ def check(config: Config) -> None:
         "(use sgd, momentum, adam, ... with a rule)",
     )
     _require(
-        config.feedback_scale is None or config.rule in ("fa", "dfa", "kp"),
-        f"feedback_scale sets the std of a rule's random B; rule {config.rule} has none",
-    )
-    _require(
         config.feedback_scale is None or config.feedback_scale > 0,
         f"Expected feedback_scale > 0, got {config.feedback_scale}",
     )
@@ -226,6 +379,8 @@ def check(config: Config) -> None:
         not config.float64 or jax.config.jax_enable_x64,
         'float64 needs jax.config.update("jax_enable_x64", True) first',
     )
+    _ignored(config, given)
+    _memory(config)
     if jax.process_count() > 1:
         _processes(config)
 

@@ -9,9 +9,11 @@ the state) and the data set shared. Several processes train one run with
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Optional
 
 import jax
@@ -24,7 +26,7 @@ from functional_bp.params import Layer, init_mlp
 from functional_bp.runs.config import Config, Data, check, optimizer
 from functional_bp.runs.records import Epoch, Interrupted, Result, summary, sweep_summary
 
-__all__ = ["FEEDBACK_SEED_OFFSET", "train"]
+__all__ = ["FEEDBACK_SEED_OFFSET", "out_of_memory", "train"]
 
 FEEDBACK_SEED_OFFSET = 10**6
 """A rule's B comes from ``jax.random.key(seed + FEEDBACK_SEED_OFFSET)``: its own key, so
@@ -38,6 +40,24 @@ _EPOCHS = jax.jit(
 _SHARED_EPOCHS = jax.jit(
     training.many(training.epoch, ["params", "opt_state"]), static_argnames=_STATIC
 )
+
+
+@contextlib.contextmanager
+def out_of_memory(what: str) -> Iterator[None]:
+    """Turns running out of memory (Python's `MemoryError`, or XLA's RESOURCE_EXHAUSTED
+    as a ``JaxRuntimeError``) into an `OSError` (ENOMEM) that says what ran out and what
+    to make smaller, instead of a traceback."""
+    advice = f"{what} ran out of memory; give smaller sizes, fewer runs or a smaller batch"
+    try:
+        yield
+    except MemoryError:
+        raise OSError(errno.ENOMEM, advice) from None
+    except jax.errors.JaxRuntimeError as error:
+        text = str(error)
+        if "RESOURCE_EXHAUSTED" not in text and "out of memory" not in text.lower():
+            raise
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        raise OSError(errno.ENOMEM, f"{advice} ({first})") from None
 
 
 def _lift(fn: Callable, per_run: list[str], many: bool) -> Callable:
@@ -82,8 +102,9 @@ def _tracked(config: Config, state, xs, ys, many: bool) -> dict:
     out = {}
     if config.rule != "bp":
         per_run = ["params"] + (["feedback"] if matrices is not None else [])
+        # brsf redraws B's magnitudes every step: its angles are measured with one draw.
         angles = _lift(feedback.alignment_angles, per_run, many)(
-            params, matrices, xs, ys, rule=config.rule, net=net
+            params, matrices, xs, ys, rule=config.rule, net=net, key=jax.random.key(0)
         )
         out.update(update_angles=angles.update, feedback_angles=angles.feedback)
     if "noise-scale" in config.track:
@@ -228,6 +249,11 @@ def train(
       Interrupted: Ctrl-C; its ``result`` holds the epochs that finished.
     """
     check(config)
+    with out_of_memory("training"):
+        return _train(config, data, on_epoch)
+
+
+def _train(config: Config, data: Data, on_epoch: Optional[Callable[[Epoch], None]]) -> Result:
     many = len(config.runs) > 1
     epoch_fn, init = _epoch_function(config, data, many)
     keys, state = _initial_state(config, many)

@@ -43,6 +43,11 @@ ARGPARSE_CASES = [
     (["demo", "--epochs", "0"], "--epochs"),
     (["demo", "--min-accuracy", "-1"], "--min-accuracy"),
     (["diagnose", "--activation", "gelu"], "--activation"),
+    # Seeds are in [0, 2**32): jax.random.key keeps the low 32 bits (key(2**32) is key(0)).
+    (["train", "--seed", "4294967296"], "--seed"),
+    (["train", "--seeds", "0,4294967296"], "--seeds"),
+    (["train", "--seeds", "0-1,1"], "--seeds"),
+    (["gradcheck", "--seed", "4294967296"], "--seed"),
 ]
 
 

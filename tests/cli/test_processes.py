@@ -51,6 +51,9 @@ def test_two_processes_train_as_one(tmp_path):
     for w, (_, err) in zip(workers, outputs):
         assert w.returncode == 0, err[-3000:]
     assert "data-parallel over 2 processes, 2 devices" in outputs[0][0]
+    # Each says what it waits for before the (bounded) wait of jax.distributed.
+    assert f"waiting for 2 processes at 127.0.0.1:{port} (timeout 120 s)" in outputs[0][1]
+    assert f"process 1 of 2: connecting to the coordinator 127.0.0.1:{port}" in outputs[1][1]
     # Process 0 reports and writes for all (gloo's own lines may still show).
     assert "accuracy" in outputs[0][0] and "accuracy" not in outputs[1][0]
     got, _ = io.load_params(save)
@@ -70,7 +73,7 @@ def test_two_processes_train_as_one(tmp_path):
         (["--coordinator", "127.0.0.1:1"], "need --coordinator, --num-processes and --process-id"),
         (
             ["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"],
-            "--process-id 2 must be below --num-processes 2",
+            "--process-id: expected 0..1 (below --num-processes 2), got 2",
         ),
     ],
 )
