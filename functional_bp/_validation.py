@@ -117,13 +117,18 @@ def check_labels(y: Any, shape: tuple, n_out: int, one_hot_shape: tuple) -> None
             f"Expected integer class labels y to have shape {shape} (one per example), or "
             f"one-hot targets of shape {one_hot_shape}; got {np.shape(y)} instead"
         )
-    if is_traced(y) or np.size(y) == 0:
+    check_label_range(y, n_out, "y")
+
+
+def check_label_range(labels: Any, n_out: int, name: str) -> None:
+    """Raises unless every class label is in [0, n_out); a traced array is left alone."""
+    if is_traced(labels) or np.size(labels) == 0:
         return
-    labels = np.asarray(y)
-    low, high = labels.min(), labels.max()
+    values = np.asarray(labels)
+    low, high = values.min(), values.max()
     if low < 0 or high >= n_out:
         raise ValueError(
-            f"Expected class labels y in [0, {n_out}) (the output layer has {n_out} "
+            f"Expected {name} to be class labels in [0, {n_out}) (the output layer has {n_out} "
             f"neurons), got labels from {low} to {high}"
         )
 

@@ -17,7 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from functional_bp import core
-from functional_bp._validation import check_int, check_nonempty, check_number, check_params
+from functional_bp._validation import (
+    check_int,
+    check_label_range,
+    check_nonempty,
+    check_number,
+    check_params,
+)
 from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Params
 
@@ -90,15 +96,7 @@ def _check_labels(labels, xs, num_classes: int) -> None:
             f"for xs of shape {np.shape(xs)}, got {dtype} of shape {shape} instead "
             "(one-hot targets? pass their argmax)"
         )
-    if isinstance(labels, jax.core.Tracer) or shape[0] == 0:
-        return
-    values = np.asarray(labels)
-    low, high = values.min(), values.max()
-    if low < 0 or high >= num_classes:
-        raise ValueError(
-            f"Expected labels in [0, {num_classes}) for an output layer of {num_classes} "
-            f"neurons, got values from {low} to {high} instead"
-        )
+    check_label_range(labels, num_classes, "labels")
 
 
 @jit_with_net

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from functional_bp._validation import check_label_range
 from functional_bp.activations import Activation, get_activation
 from functional_bp.costs import Cost, check_compatible, get_cost
 
@@ -189,14 +190,7 @@ def _check_label_values(
         n_out = np.shape(params[-1][0])[0]
     except (TypeError, IndexError, KeyError):
         return  # not a list of Layer: the trace-time checks say so
-    if isinstance(labels, jax.core.Tracer) or np.size(labels) == 0:
-        return
-    values = np.asarray(labels)
-    if values.min() < 0 or values.max() >= n_out:
-        raise ValueError(
-            f"Expected class labels {name} in [0, {n_out}) (the output layer has {n_out} "
-            f"neurons), got labels from {values.min()} to {values.max()}"
-        )
+    check_label_range(labels, n_out, name)
 
 
 def _shown(value) -> str:

@@ -12,6 +12,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_disable_most_optimizations", True)
 
 import functional_bp as fbp  # noqa: E402
+from functional_bp import data  # noqa: E402
 
 # (hidden activation, output activation, cost): every activation with every cost it is
 # defined for, softmax among them.
@@ -135,3 +136,25 @@ def _doctest_names(doctest_namespace):
     ``pytest -p conftest --doctest-modules functional_bp`` (pythonpath has tests/)."""
     doctest_namespace.update(jax=jax, jnp=jnp, np=np, fbp=fbp)
     doctest_namespace.update({name: getattr(fbp, name) for name in fbp.__all__})
+
+
+# The command line's fixtures (tests/cli, tests/bad_input).
+
+
+@pytest.fixture
+def no_data(monkeypatch):
+    """Fails the test if any data set is loaded: for what must be refused before."""
+
+    def loaded(*args, **kwargs):
+        pytest.fail("a data set was loaded")
+
+    monkeypatch.setattr(data, "load_digits", loaded)
+    monkeypatch.setattr(data, "load_mnist", loaded)
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Runs the test in an empty temporary directory, so that nothing can land in the
+    repository; returns it."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

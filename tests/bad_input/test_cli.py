@@ -27,25 +27,6 @@ TINY = ["--sizes", "64,8,10", "--epochs", "1", "--no-progress"]
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-@pytest.fixture
-def no_data(monkeypatch):
-    """Fails the test if any data set is loaded: for what must be refused before."""
-
-    def loaded(*args, **kwargs):
-        pytest.fail("a data set was loaded")
-
-    monkeypatch.setattr(data, "load_digits", loaded)
-    monkeypatch.setattr(data, "load_mnist", loaded)
-
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    """Runs the test in an empty temporary directory, so that nothing can land in the
-    repository; returns it."""
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def run(argv: list[str], capsys) -> tuple[int, str]:
     """The exit status of ``main(argv)`` (argparse's SystemExit included) and stderr."""
     try:

@@ -288,8 +288,8 @@ def test_integer_labels_match_jax_grad_in_float64():
 @pytest.mark.parametrize(
     "labels,error,match",
     [
-        (jnp.array([0, 1, 2, 0, 1, 0]), ValueError, r"labels ys in \[0, 2\).*from 0 to 2"),
-        (jnp.array([0, 1, -1, 0, 1, 0]), ValueError, r"labels ys in \[0, 2\).*from -1 to 1"),
+        (jnp.array([0, 1, 2, 0, 1, 0]), ValueError, r"ys to be class labels.*from 0 to 2"),
+        (jnp.array([0, 1, -1, 0, 1, 0]), ValueError, r"ys to be class labels.*from -1 to 1"),
         (jnp.array([[0], [1], [1], [0], [1], [0]]), ValueError, r"labels y .*shape \(6,\)"),
         (jnp.array([0, 1, 1]), ValueError, r"labels y to have shape \(6,\)"),
         (jnp.ones((6, 2), bool), TypeError, r"y to have a real floating dtype"),
@@ -303,12 +303,12 @@ def test_bad_labels(labels, error, match):
 
 
 def test_bad_label_of_one_example():
-    with pytest.raises(ValueError, match=r"labels y in \[0, 2\).*from 5 to 5"):
+    with pytest.raises(ValueError, match=r"y to be class labels in \[0, 2\).*from 5 to 5"):
         fbp.backprop(PARAMS, XS[0], jnp.array(5), net=SOFTMAX)
 
 
 def test_bad_labels_in_training():
-    with pytest.raises(ValueError, match=r"labels ys in \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"ys to be class labels in \[0, 2\)"):
         fbp.train_epoch(KEY, PARAMS, XS, LABELS + 1, 0.1, batch_size=2, net=SOFTMAX)
 
 
