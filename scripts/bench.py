@@ -1,12 +1,46 @@
 """Benchmark: the hand-written backprop against jax.grad, network.py in NumPy and the GEMM
 rate, every comparison measured side by side (interleaved) in one run.
 
-    python scripts/bench.py            # the full suite (several minutes on 2 cores)
-    python scripts/bench.py --quick    # small sizes, few repeats, under a minute
+    python scripts/bench.py            # the full suite (~25 min on 2 CPU cores)
+    python scripts/bench.py --quick    # small sizes, few repeats, under a minute on CPU
     python scripts/bench.py --smoke    # tiny sizes, one repeat: checks that every case runs
+    python scripts/bench.py --smoke --backend-sizes gpu   # the GPU table's run, on a CPU
 
-Writes <out>.md (the tables), <out>.json and <out>.png; the default out is
-bench-results/bench under the current directory.
+The sizes come from a size table, one per backend kind (CPU_FULL/CPU_QUICK and
+GPU_FULL/GPU_QUICK below; `SIZE_TABLES`), picked by `jax.default_backend()`: "cpu" on
+the CPU, "gpu" on a GPU or TPU; --backend-sizes cpu|gpu forces one. --smoke shrinks
+every case to one tiny problem whichever the table. The full tables, as (sizes, batch):
+
+    case                cpu                                gpu
+    mean_gradient       [784,30,10] 10, [784,100,10] 128,  [784,1024,1024,10] 1024,
+      (compile: the       [784,1024,1024,10] 256,            [784,4096,4096,10] 1024 and 4096,
+      first 3)            [4096,4096,4096] 1024              [4096,8192,8192,4096] 4096
+    per_example         the first 3 above                  [784,1024,1024,10] 1024,
+                                                             [784,4096,4096,10] 256
+    per_example_norms,  [784,1024,1024,10] 256             [784,1024,1024,10] 1024
+      statistics
+    epoch               [784,30,10] 10, 50,000 examples    [784,1024,1024,10] 1024, 65,536
+                          (NumPy timed on 10,000)            examples (NumPy timed on 256)
+    many_runs           [784,30,10] 10, 50,000 ex.,        [784,30,10] 10, 50,000 ex.,
+                          16 and 64 runs                     16, 64 and 256 runs
+    feedback            [784,1000,10] 64,                  [784,1024,1024,10] 1024,
+                          [784,1024,1024,10] 256             [784,4096,4096,10] 4096
+    direct_call         [784,30,10] 10                     [784,30,10] 10 (dispatch-bound)
+    GEMM rate           float32 4096^2                     float32 8192^2
+
+One copy of the per-example gradients (batch x params x 4 bytes) stays under
+PER_EXAMPLE_BUDGET_GIB = 24 GiB (19.1 GiB at most in the gpu table), so that the autodiff
+references, which hold up to 3, fit well under 64 GiB.
+
+Every contender is timed by `functional_bp.timing.interleaved_medians`, which waits for
+each call's result with `jax.block_until_ready` (on a GPU, dispatch returns at once);
+a --smoke run checks that every result is arrays it can wait on. The GEMM rate is a
+`jnp` matmul under `jax.jit` on the default device, the device every case runs on.
+
+Writes <out>.md (the tables), <out>.json and <out>.png, with the backend in the name:
+bench-results/bench on the CPU (the default out, under the current directory),
+bench-results/bench-gpu on a GPU, and "-<table>-sizes" added when --backend-sizes
+forces the other table (bench-results/bench-gpu-sizes on a CPU).
 """
 
 from __future__ import annotations
@@ -39,16 +73,20 @@ STATS_NET = fbp.Network(activation="relu", output_activation="softmax", cost="lo
 
 
 class Scale(NamedTuple):
-    """The sizes and repeats of one kind of run: "full", "quick" or "smoke"."""
+    """The sizes and repeats of one kind of run: "full", "quick" or "smoke", from the
+    size table ``table`` ("cpu" or "gpu")."""
 
     mode: str
-    sizes: list  # (sizes, batch) of the mean and per-example gradients and compile times
+    table: str
+    sizes: list  # (sizes, batch) of the mean gradient; the first 3 also of the compile times
+    per_example: list  # (sizes, batch) of the per-example gradients
     gemm_n: int
     epoch: tuple  # (sizes, batch, examples, examples timed in NumPy)
     many_runs: tuple  # (sizes, batch, examples, run counts)
     feedback: list  # (sizes, batch) per network
     large: tuple  # (sizes, batch) of the per-example norms and the statistics
     direct: tuple  # (sizes, batch) of the direct-call overhead
+    heavy_flops: tuple = (5e10, 1e9)  # a call of more FLOPs gets 3, of more 7, else 25 repeats
 
     def repeats(self, full: int, quick: int) -> int:
         return {"full": full, "quick": quick, "smoke": 1}[self.mode]
@@ -59,15 +97,21 @@ class Scale(NamedTuple):
         return 0.0 if self.mode == "smoke" else 0.02
 
 
-SIZES = [
+# The size tables, one per backend kind: "cpu" for the CPU backend, "gpu" for a GPU or a
+# TPU. `jax.default_backend()` picks the table; --backend-sizes forces one.
+#
+# CPU: the sizes of every published run (docs/performance.md), 2 shared cores.
+CPU_SIZES = [
     ([784, 30, 10], 10),
     ([784, 100, 10], 128),
     ([784, 1024, 1024, 10], 256),
     ([4096, 4096, 4096], 1024),
 ]
-FULL = Scale(
+CPU_FULL = Scale(
     mode="full",
-    sizes=SIZES,
+    table="cpu",
+    sizes=CPU_SIZES,
+    per_example=CPU_SIZES[:3],
     gemm_n=4096,
     epoch=([784, 30, 10], 10, 50_000, 10_000),
     many_runs=([784, 30, 10], 10, 50_000, (16, 64)),
@@ -75,21 +119,65 @@ FULL = Scale(
     large=([784, 1024, 1024, 10], 256),
     direct=([784, 30, 10], 10),
 )
-QUICK = FULL._replace(
+CPU_QUICK = CPU_FULL._replace(
     mode="quick",
-    sizes=SIZES[:2],
+    sizes=CPU_SIZES[:2],
+    per_example=CPU_SIZES[:2],
     gemm_n=1024,
     epoch=([784, 30, 10], 10, 5_000, 2_000),
     many_runs=([784, 30, 10], 10, 5_000, (4, 8)),
     feedback=[([784, 100, 10], 64)],
     large=([784, 100, 10], 64),
 )
-# Every case on one tiny problem, for the smoke test: what costs is compiling, so as few
-# shapes as there can be. The statistics' autodiff reference sums chunks of 16 examples,
-# so the batch of `large` is a multiple of 16.
-SMOKE = FULL._replace(
+# GPU (or TPU): batches of 1,024 and more, widths of 4,096 and more, where a GPU is busy.
+# The cases that materialise per-example gradients (per_example; large, for the
+# vmap(jax.grad) references of the norms and the statistics) hold batch x params x 4
+# bytes at once, and the autodiff statistics up to 3 such copies: each stays at most
+# PER_EXAMPLE_BUDGET_GIB (below), so well under 64 GiB (an H200 has about 139 GiB).
+# direct_call stays at the dispatch-bound [784, 30, 10], batch 10, on purpose (it
+# measures the cost of the Python wrapper), and many_runs at the small net whose many
+# runs fill the device.
+GPU_SIZES = [
+    ([784, 1024, 1024, 10], 1024),
+    ([784, 4096, 4096, 10], 1024),
+    ([784, 4096, 4096, 10], 4096),
+    ([4096, 8192, 8192, 4096], 4096),
+]
+GPU_FULL = Scale(
+    mode="full",
+    table="gpu",
+    sizes=GPU_SIZES,
+    per_example=[([784, 1024, 1024, 10], 1024), ([784, 4096, 4096, 10], 256)],
+    gemm_n=8192,
+    epoch=([784, 1024, 1024, 10], 1024, 65_536, 256),
+    many_runs=([784, 30, 10], 10, 50_000, (16, 64, 256)),
+    feedback=[([784, 1024, 1024, 10], 1024), ([784, 4096, 4096, 10], 4096)],
+    large=([784, 1024, 1024, 10], 1024),
+    direct=([784, 30, 10], 10),
+    heavy_flops=(5e12, 1e11),
+)
+GPU_QUICK = GPU_FULL._replace(
+    mode="quick",
+    sizes=GPU_SIZES[:2],
+    per_example=GPU_FULL.per_example[:1],
+    gemm_n=4096,
+    epoch=([784, 1024, 1024, 10], 1024, 8_192, 64),
+    many_runs=([784, 30, 10], 10, 5_000, (16, 64)),
+    feedback=GPU_FULL.feedback[:1],
+    large=([784, 1024, 1024, 10], 256),
+)
+SIZE_TABLES = {
+    "cpu": {"full": CPU_FULL, "quick": CPU_QUICK},
+    "gpu": {"full": GPU_FULL, "quick": GPU_QUICK},
+}
+PER_EXAMPLE_BUDGET_GIB = 24  # one copy of the per-example gradients, at most
+# Every case on one tiny problem, whichever the table, for the smoke test: what costs is
+# compiling, so as few shapes as there can be. The statistics' autodiff reference sums
+# chunks of 16 examples, so the batch of `large` is a multiple of 16.
+SMOKE = CPU_FULL._replace(
     mode="smoke",
     sizes=[([8, 6, 4], 16)],
+    per_example=[([8, 6, 4], 16)],
     gemm_n=64,
     epoch=([8, 6, 4], 8, 16, 8),
     many_runs=([8, 6, 4], 8, 16, (2,)),
@@ -97,6 +185,31 @@ SMOKE = FULL._replace(
     large=([8, 6, 4], 16),
     direct=([8, 6, 4], 16),
 )
+
+
+def table_for(backend):
+    """The size table of a backend: "cpu" for the CPU, "gpu" for anything else."""
+    return "cpu" if backend == "cpu" else "gpu"
+
+
+def select_scale(mode, table):
+    """The Scale of a run: ``mode`` "full", "quick" or "smoke", size table ``table``."""
+    if mode == "smoke":
+        return SMOKE._replace(table=table)
+    return SIZE_TABLES[table][mode]
+
+
+def n_params(sizes):
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def per_example_gib(scale):
+    """GiB of one copy of the per-example gradients (batch x params x 4 bytes) in each
+    case that materialises them."""
+    cases = {f"per_example {s} batch {b}": (s, b) for s, b in scale.per_example}
+    s, b = scale.large
+    cases[f"per_example_norms, statistics {s} batch {b}"] = (s, b)
+    return {name: b * n_params(s) * 4 / 2**30 for name, (s, b) in cases.items()}
 
 
 def problem(sizes, batch, seed=0):
@@ -120,14 +233,37 @@ def step_flops(sizes, batch):
 
 
 def repeats_for(flops, scale):
-    return scale.repeats(full=3 if flops > 5e10 else 7 if flops > 1e9 else 25, quick=5)
+    heavy, medium = scale.heavy_flops
+    return scale.repeats(full=3 if flops > heavy else 7 if flops > medium else 25, quick=5)
 
 
-def gemm_rate(n, repeats=5):
-    """GFLOP/s of a float32 n x n matmul under jax.jit."""
-    a = jax.random.normal(jax.random.key(0), (n, n))
+def _unsynchronised(out):
+    """The leaves of a contender's result that `jax.block_until_ready` cannot wait on:
+    anything but jax and NumPy arrays and Python scalars."""
+    ok = (jax.Array, np.ndarray, np.generic, int, float, bool)
+    return [type(leaf).__name__ for leaf in jax.tree.leaves(out) if not isinstance(leaf, ok)]
+
+
+def timed(contenders, scale, **kwargs):
+    """`interleaved_medians` of the contenders, which blocks on every call's result
+    (`jax.block_until_ready`), so no asynchronous dispatch passes for speed on a GPU. A
+    smoke run first checks that every result is made of arrays it can wait on."""
+    if scale.mode == "smoke":
+        for name, fn in contenders.items():
+            if bad := _unsynchronised(fn()):
+                raise TypeError(f"{name}: block_until_ready cannot wait on {bad}")
+    return interleaved_medians(contenders, **kwargs)
+
+
+def gemm_rate(n, scale, repeats=5):
+    """GFLOP/s of a float32 n x n matmul, `jnp` under `jax.jit` on the default device
+    (the one every case runs on), each call waited for with `jax.block_until_ready`."""
+    device = jax.devices()[0]
+    a = jax.device_put(jax.random.normal(jax.random.key(0), (n, n), jnp.float32), device)
     matmul = jax.jit(lambda a: a @ a)
-    seconds = interleaved_medians({"gemm": lambda: matmul(a)}, repeats=repeats)["gemm"]
+    seconds = timed({"gemm": lambda: matmul(a)}, scale, repeats=repeats, min_time=scale.min_time)[
+        "gemm"
+    ]
     return 2 * n**3 / seconds / 1e9
 
 
@@ -138,11 +274,12 @@ def case_mean_gradient(scale):
             params, xs, ys = problem(sizes, batch)
             autodiff = jax.jit(jax.grad(lambda p, x, y, net=net: fbp.loss(p, x, y, net=net)))
             flops = step_flops(sizes, batch)
-            t = interleaved_medians(
+            t = timed(
                 {
                     "manual": lambda net=net: fbp.grad(params, xs, ys, net=net),
                     "autodiff": lambda: autodiff(params, xs, ys),
                 },
+                scale=scale,
                 repeats=repeats_for(flops, scale),
                 warmup=1,
                 min_time=scale.min_time,
@@ -187,8 +324,9 @@ def case_direct_call(scale):
         "plain jit, default net": lambda: plain_default(params, xs, ys),
         "jax.jit(jax.grad(loss)), default net": lambda: autodiff(params, xs, ys),
     }
-    t = interleaved_medians(
+    t = timed(
         contenders,
+        scale=scale,
         repeats=scale.repeats(full=61, quick=11),
         warmup=2,
         min_time=0.0 if scale.mode == "smoke" else 0.01,
@@ -218,15 +356,16 @@ def case_direct_call(scale):
 def case_per_example(scale):
     rows = []
     net = NETS["sigmoid/quadratic"]
-    for sizes, batch in scale.sizes[:3]:
+    for sizes, batch in scale.per_example:
         params, xs, ys = problem(sizes, batch)
         one = lambda p, x, y: fbp.loss(p, x[None], y[None], net=net)
         autodiff = jax.jit(jax.vmap(jax.grad(one), in_axes=(None, 0, 0)))
-        t = interleaved_medians(
+        t = timed(
             {
                 "manual": lambda: per_example.per_example_grads(params, xs, ys, net=net),
                 "autodiff": lambda: autodiff(params, xs, ys),
             },
+            scale=scale,
             repeats=repeats_for(step_flops(sizes, batch) * 10, scale),
             warmup=1,
             min_time=scale.min_time,
@@ -302,12 +441,13 @@ def case_epoch(scale, gemm_gflops):
     weights = [np.asarray(l.w, np.float64) for l in params]
     np_xs, np_ys = np.asarray(xs[:numpy_n], np.float64), np.asarray(ys[:numpy_n], np.float64)
     rng = np.random.default_rng(0)
-    t = interleaved_medians(
+    t = timed(
         {
             "manual": lambda: fbp.train_epoch(key, params, xs, ys, 3.0, batch_size=batch),
             "autodiff": lambda: autodiff_epoch(key, params, xs, ys),
             "numpy": lambda: network_py_epoch(biases, weights, np_xs, np_ys, 3.0, batch, rng),
         },
+        scale=scale,
         repeats=scale.repeats(full=5, quick=3),
         warmup=1,
     )
@@ -356,7 +496,7 @@ def case_many_runs(scale, gemm_gflops):
         contenders[f"{r} runs, shared shuffle"] = lambda p=params, e=etas: shared(
             key, p, xs, ys, e, batch_size=batch
         )
-    t = interleaved_medians(contenders, repeats=scale.repeats(full=3, quick=3), warmup=1)
+    t = timed(contenders, scale, repeats=scale.repeats(full=3, quick=3), warmup=1)
     floor = step_flops(sizes, n) / (gemm_gflops * 1e9)
     rows = []
     for name, seconds in t.items():
@@ -403,7 +543,7 @@ def case_feedback(scale):
             contenders[f"{rule} step"] = lambda s=step: training.train_step(
                 None, optimizer, s[0], s[1], xs, ys, gradient=s[2]
             )
-        t = interleaved_medians(contenders, repeats=scale.repeats(full=15, quick=3), warmup=2)
+        t = timed(contenders, scale, repeats=scale.repeats(full=15, quick=3), warmup=2)
         row = dict(
             sizes=sizes,
             batch=batch,
@@ -460,8 +600,9 @@ def case_per_example_norms(scale):
         "clipped (vmap(jax.grad))": autodiff_clipped,
         "mean gradient (grad)": fbp.grad,
     }
-    t = interleaved_medians(
+    t = timed(
         {k: (lambda f=f: f(params, xs, ys)) for k, f in contenders.items()},
+        scale=scale,
         repeats=scale.repeats(full=5, quick=3),
         warmup=1,
     )
@@ -592,14 +733,16 @@ def case_statistics(scale):
     contenders.update({k: jax.jit(f) for k, f in library.items()})
     # Two groups: the autodiff references move gigabytes, which slows whatever runs next,
     # so the library is timed against `grad` among its own kind.
-    t = interleaved_medians(
+    t = timed(
         {k: (lambda f=f: f(params, xs, ys)) for k, f in contenders.items()},
+        scale=scale,
         repeats=scale.repeats(full=9, quick=3),
         warmup=1,
     )
     t.update(
-        interleaved_medians(
+        timed(
             {f"{k} (autodiff)": (lambda f=f: f(params, xs, ys)) for k, f in autodiff.items()},
+            scale=scale,
             repeats=scale.repeats(full=3, quick=3),
             warmup=1,
         )
@@ -658,13 +801,52 @@ def print_row(case, row):
     )
 
 
+def device_info():
+    """The default device, which every case and the GEMM rate run on: backend, kind,
+    count and, where the backend reports it (GPU), the memory XLA may allocate."""
+    device = jax.devices()[0]
+    info = dict(
+        backend=jax.default_backend(),
+        device=str(device.device_kind),
+        device_count=jax.device_count(),
+        matmul_precision=str(jax.config.jax_default_matmul_precision or "default"),
+    )
+    try:
+        stats = device.memory_stats()
+    except Exception:  # some backends do not implement it
+        stats = None
+    if stats and "bytes_limit" in stats:
+        info["memory_gib"] = stats["bytes_limit"] / 2**30
+    return info
+
+
+def describe_device(m):
+    memory = f", {m['memory_gib']:.1f} GiB for XLA" if "memory_gib" in m else ""
+    return (
+        f"backend {m['backend']}, {m['device_count']} x {m['device']}{memory}, "
+        f"{m['matmul_precision']} float32 matmul precision"
+    )
+
+
+def output_path(out, backend, table):
+    """``out`` with the backend and, when forced to another, the size table in its name:
+    bench (CPU), bench-gpu (GPU), bench-gpu-sizes (CPU with the GPU table), ..."""
+    out = Path(out)
+    name = out.name + ("" if backend == "cpu" else f"-{backend}")
+    if table != table_for(backend):
+        name += f"-{table}-sizes"
+    return out.with_name(name)
+
+
 def markdown(result):
     m = result["machine"]
+    smoke = " (shrunk to the smoke sizes)" if result["mode"] == "smoke" else ""
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; jax {m['jax']}, "
-        f"backend {m['backend']} ({m['device']}). Command: `{result['command']}`. "
-        f"Measured GEMM rate (float32 {result['gemm_n']}^2 matmul): "
-        f"{result['gemm_gflops']:.1f} GFLOP/s.",
+        f"{describe_device(m)}. Size table: {result['size_table']}{smoke}. "
+        f"Command: `{result['command']}`. "
+        f"Measured GEMM rate (float32 {result['gemm_n']}^2 `jnp` matmul on the "
+        f"{m['backend']} device, same run): {result['gemm_gflops']:.1f} GFLOP/s.",
         "",
         "Mean mini-batch gradient, `grad` vs `jax.jit(jax.grad(loss))` (median of interleaved runs):",
         "",
@@ -702,7 +884,9 @@ def markdown(result):
     ]
     lines += [
         "",
-        "Per-example gradients, `per_example.per_example_grads` vs `jax.vmap(jax.grad(...))`:",
+        "Per-example gradients, `per_example.per_example_grads` vs `jax.vmap(jax.grad(...))` "
+        "(both materialise them; one copy, batch x params x 4 bytes, is at most "
+        f"{max(result['per_example_gib'].values()):.2f} GiB in this run):",
         "",
         "| sizes | batch | manual ms | vmap(jax.grad) ms | ratio |",
         "| --- | --- | --- | --- | --- |",
@@ -841,14 +1025,31 @@ def make_parser():
     parser.add_argument(
         "--only", nargs="+", choices=CASES, help="run these cases alone (no tables are written)"
     )
+    parser.add_argument(
+        "--backend-sizes",
+        choices=sorted(SIZE_TABLES),
+        help="use this size table instead of the backend's (cpu on CPU, gpu on GPU or TPU)",
+    )
     return parser
 
 
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    scale = SMOKE if args.smoke else QUICK if args.quick else FULL
-    gemm = gemm_rate(scale.gemm_n)
-    print(f"GEMM rate: {gemm:.1f} GFLOP/s", flush=True)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    machine = device_info()
+    scale = select_scale(mode, args.backend_sizes or table_for(machine["backend"]))
+    memory = per_example_gib(scale)
+    print(f"device: {describe_device(machine)}; size table {scale.table}, {mode}", flush=True)
+    for name, gib in memory.items():
+        print(f"per-example gradients, one copy: {gib:.2f} GiB in {name}")
+    # The table's full run too, even from a smoke run: arithmetic, nothing allocated.
+    for name, gib in {**per_example_gib(SIZE_TABLES[scale.table]["full"]), **memory}.items():
+        if gib > PER_EXAMPLE_BUDGET_GIB:
+            raise ValueError(f"{name} needs {gib:.1f} GiB > {PER_EXAMPLE_BUDGET_GIB} GiB")
+    if "memory_gib" in machine and 3 * max(memory.values()) > machine["memory_gib"]:
+        print(f"warning: 3 copies exceed the {machine['memory_gib']:.1f} GiB XLA may use")
+    gemm = gemm_rate(scale.gemm_n, scale)
+    print(f"GEMM rate on the {machine['backend']} device: {gemm:.1f} GFLOP/s", flush=True)
     cases = {
         # First, while nothing of these shapes is in the compilation cache.
         "compile": lambda: case_compile(scale),
@@ -865,18 +1066,22 @@ def main(argv=None):
         for name in args.only:
             cases[name]()
         return 0
-    out = Path(args.out)
+    out = output_path(args.out, machine["backend"], scale.table)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = dict(
         command="python scripts/bench.py"
-        + {"full": "", "quick": " --quick", "smoke": " --smoke"}[scale.mode],
+        + {"full": "", "quick": " --quick", "smoke": " --smoke"}[scale.mode]
+        + (f" --backend-sizes {args.backend_sizes}" if args.backend_sizes else ""),
+        mode=scale.mode,
+        size_table=scale.table,
+        sizes=scale._asdict(),
+        per_example_gib=memory,
         machine=dict(
             cpu=platform.processor() or platform.machine(),
             cores=os.cpu_count(),
             platform=platform.platform(),
             jax=jax.__version__,
-            backend=jax.default_backend(),
-            device=str(jax.devices()[0].device_kind),
+            **machine,
         ),
         gemm_n=scale.gemm_n,
         gemm_gflops=gemm,
