@@ -1,3 +1,5 @@
+import sys
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -158,3 +160,15 @@ def in_tmp(tmp_path, monkeypatch):
     repository; returns it."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def interruptible_module(module: str) -> list[str]:
+    """The command line ``python -m module`` with SIGINT raising KeyboardInterrupt even
+    where it is inherited as ignored (a shell starting a job in the background, nohup or
+    ``&`` without job control, ignores it; Python then installs no handler)."""
+    code = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"sys.argv[0] = {module!r}; runpy.run_module({module!r}, run_name='__main__', "
+        "alter_sys=True)"
+    )
+    return [sys.executable, "-c", code]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jax
 import pytest
+from conftest import interruptible_module
 
 from functional_bp import data, runs
 from functional_bp.cli import main
@@ -432,11 +433,16 @@ def test_sigint_to_the_process_after_the_first_epoch(tmp_path):
     """A real Ctrl-C (SIGINT) once the first epoch's line is on stdout."""
     save, history = tmp_path / "p.npz", tmp_path / "h.json"
     save.write_bytes(b"earlier params")
-    argv = [sys.executable, "-m", "functional_bp", "train", "--sizes", "64,8,10"]
+    argv = [*interruptible_module("functional_bp"), "train", "--sizes", "64,8,10"]
     argv += ["--epochs", "100000", "--no-progress", "--save", str(save), "--json", str(history)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
     try:
         deadline = time.monotonic() + 120
@@ -449,6 +455,7 @@ def test_sigint_to_the_process_after_the_first_epoch(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+            process.communicate()
     assert process.returncode == 130, err
     lines = [line for line in err.splitlines() if not line.startswith("WARNING")]
     assert len(lines) == 1 and lines[0].startswith("interrupted after "), err

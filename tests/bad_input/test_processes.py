@@ -12,6 +12,7 @@ import time
 
 import jax
 import pytest
+from conftest import interruptible_module
 
 from functional_bp import data
 from functional_bp.cli import cluster, main
@@ -239,9 +240,14 @@ def _env(**extra):
 
 
 def _train(*argv, cwd):
-    command = [sys.executable, "-m", "functional_bp", "train", "--no-progress", *argv]
+    command = [*interruptible_module("functional_bp"), "train", "--no-progress", *argv]
     return subprocess.Popen(
-        command, env=_env(), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        env=_env(),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -350,6 +356,7 @@ def test_ctrl_c_while_waiting(tmp_path):
         status, _, err = _finish(process, timeout=30)
     finally:
         process.kill()
+        process.communicate()
     assert status == 130, err[-2000:]
     assert time.monotonic() - start < 10
     assert err.strip().splitlines()[-1] == "interrupted"
