@@ -9,6 +9,7 @@ equations it is built from, the gradient check, and network.py's `sgd_step` and
 - `functional_bp.core`: the batched forward/backward record every family is built on;
   build your own quantities on it.
 - `functional_bp.per_example`: per-example gradients, norms, clipping, DP-SGD.
+- `functional_bp.privacy`: privacy accounting (epsilon of a run), Poisson-sampled epochs.
 - `functional_bp.statistics`: per-example gradient statistics (variance, noise scale).
 - `functional_bp.curvature`: Gauss-Newton diagonal, Kronecker factors, a GGN optimizer.
 - `functional_bp.feedback`: feedback alignment and other learning rules.
@@ -30,6 +31,7 @@ from functional_bp import (
     io,
     parallel,
     per_example,
+    privacy,
     statistics,
     timing,
     training,

@@ -60,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import functional_bp as fbp
-from functional_bp import core, curvature, feedback, per_example, statistics, training
+from functional_bp import core, curvature, feedback, per_example, privacy, statistics, training
 from functional_bp.timing import interleaved_medians
 
 NETS = {
@@ -563,6 +563,64 @@ def case_feedback(scale):
     return rows
 
 
+def case_privacy(scale):
+    """DP-SGD: a DP step (`train_step` with `per_example.PrivateGradient`) against a
+    plain step (`MeanGradient`), both `optax.sgd`, at the per-example norms' size; and a
+    Poisson-sampled epoch (`privacy.poisson_epoch`, padded to `default_max_batch`)
+    against a fixed-batch epoch (`training.epoch`, `PrivateGradient`) of the same
+    expected batch, on 8 batches' worth of examples."""
+    sizes, batch = scale.large
+    params, xs, ys = problem(sizes, batch)
+    optimizer = training.sgd(0.1)  # static: one object for every call
+    state = optimizer.init(params)
+    key = jax.random.key(3)
+    private = per_example.PrivateGradient(1.0, 1.1)
+    step = timed(
+        {
+            "plain step": lambda: training.train_step(None, optimizer, params, state, xs, ys),
+            "DP step": lambda: training.train_step(
+                key, optimizer, params, state, xs, ys, gradient=private
+            ),
+        },
+        scale,
+        repeats=scale.repeats(full=15, quick=5),
+        warmup=2,
+        min_time=scale.min_time,
+    )
+    n = 8 * batch
+    _, exs, eys = problem(sizes, n, seed=1)
+    q = batch / n
+    epochs = timed(
+        {
+            "fixed-batch epoch": lambda: training.epoch(
+                key, optimizer, params, state, exs, eys, batch_size=batch, gradient=private
+            ),
+            "Poisson epoch": lambda: privacy.poisson_epoch(
+                key, optimizer, params, state, exs, eys, sample_rate=q, gradient=private
+            ),
+        },
+        scale,
+        repeats=scale.repeats(full=7, quick=3),
+        warmup=1,
+    )
+    row = dict(
+        sizes=sizes,
+        batch=batch,
+        seconds={**step, **epochs},
+        dp_over_plain=step["DP step"] / step["plain step"],
+        examples=n,
+        max_batch=privacy.default_max_batch(n, q),
+        poisson_over_fixed=epochs["Poisson epoch"] / epochs["fixed-batch epoch"],
+    )
+    print(
+        f"privacy {sizes} batch {batch}: DP step / plain step {row['dp_over_plain']:.3f}; "
+        f"Poisson epoch (max_batch {row['max_batch']}) / fixed-batch epoch, {n} examples: "
+        f"{row['poisson_over_fixed']:.3f}",
+        flush=True,
+    )
+    return row
+
+
 def _memory_mb(fn, *args):
     """Temporary plus output bytes of the compiled program (XLA's memory analysis); a
     jitted ``fn`` reuses the program its timing compiled, any other is jitted."""
@@ -962,6 +1020,22 @@ def markdown(result):
             f"| {r['sizes']} | {r['batch']} | {q['fa']:.3f} | {q['sign']:.3f} | "
             f"{q['dfa']:.3f} | {r['alignment_over_grad']:.2f} |"
         )
+    pr = result["privacy"]
+    ps = pr["seconds"]
+    lines += [
+        "",
+        f"DP-SGD, {pr['sizes']}, batch {pr['batch']}: a DP step (`train_step` with "
+        "`PrivateGradient`) against a plain step, and a Poisson-sampled epoch "
+        f"(`privacy.poisson_epoch`, padded to {pr['max_batch']}) against a fixed-batch "
+        f"epoch (`training.epoch`, `PrivateGradient`), {pr['examples']} examples:",
+        "",
+        "| DP over plain | ms | ratio |",
+        "| --- | --- | --- |",
+        f"| DP step vs plain step | {ps['DP step'] * 1e3:.1f} vs {ps['plain step'] * 1e3:.1f} | "
+        f"{pr['dp_over_plain']:.3f} |",
+        f"| Poisson-sampled epoch vs fixed-batch epoch | {ps['Poisson epoch'] * 1e3:.1f} vs "
+        f"{ps['fixed-batch epoch'] * 1e3:.1f} | {pr['poisson_over_fixed']:.3f} |",
+    ]
     st = result["statistics"]
     lines += [
         "",
@@ -1011,6 +1085,7 @@ CASES = (
     "statistics",
     "many_runs",
     "feedback",
+    "privacy",
 )
 
 
@@ -1061,6 +1136,7 @@ def main(argv=None):
         "statistics": lambda: case_statistics(scale),
         "many_runs": lambda: case_many_runs(scale, gemm),
         "feedback": lambda: case_feedback(scale),
+        "privacy": lambda: case_privacy(scale),
     }
     if args.only:
         for name in args.only:

@@ -27,6 +27,7 @@ FAMILIES = [
     "params",
     "timing",
     "chain_rule",
+    "privacy",
 ]
 
 

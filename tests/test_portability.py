@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import functional_bp as fbp
-from functional_bp import curvature, feedback, parallel, per_example, training
+from functional_bp import curvature, feedback, parallel, per_example, privacy, training
 
 PLATFORMS = ("cuda", "rocm", "tpu")
 NAMESPACES = [
@@ -23,6 +23,7 @@ NAMESPACES = [
     "functional_bp.gradcheck",
     "functional_bp.parallel",
     "functional_bp.per_example",
+    "functional_bp.privacy",
     "functional_bp.statistics",
     "functional_bp.training",
 ]
@@ -96,6 +97,13 @@ CASES = {
     "alignment_angles": (
         lambda p, b, x, y: feedback.alignment_angles(p, b, x, y, rule="fa"),
         (PARAMS, FA, XS, YS),
+    ),
+    "poisson_batch": (lambda k: privacy.poisson_batch(k, 64, 0.25, 32), (KEY,)),
+    "poisson_epoch": (
+        lambda p, s, x, y: privacy.poisson_epoch(
+            KEY, SGD, p, s, x, y, sample_rate=0.5, gradient=per_example.PrivateGradient(1.0, 1.1)
+        ),
+        (PARAMS, SGD.init(PARAMS), XS, YS),
     ),
     "data_parallel_grad": (
         lambda p, x, y: parallel.data_parallel_grad(MESH, p, x, y),
