@@ -88,6 +88,14 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def open_unit_interval(text: str) -> float:
+    """A number in (0, 1)."""
+    value = positive(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return value
+
+
 def seeds(text: str) -> list[int]:
     """ "0-7" or "0,3,5" (or both: "0-3,8"): distinct seeds in [0, 2**32), at most
     `runs.config.MAX_RUNS` of them."""

@@ -20,9 +20,12 @@ program and report each learning rate's mean +- std. Every combination of --rule
 (its curvature is of the network's own params); several processes train --optimizer sgd
 --rule bp alone. What cannot train is refused before any data is loaded (exit 2), and so
 is an option the job would ignore (--damping without diag_ggn, --feedback-scale without
-fa, dfa or kp, --shared-shuffle with one run, ...). Ctrl-C writes the history of the
-finished epochs (none finished: an earlier --json stays; --save is not written) and exits
-130."""
+fa, dfa or kp, --shared-shuffle with one run, --clip without --dp, ...). --dp trains
+with DP-SGD: Poisson sampling at q = --batch-size / n (the expected batch), each
+example's gradient clipped to --clip, Gaussian noise of std sigma * clip, sigma given
+(--noise-multiplier) or picked for the whole run (--target-epsilon); the epsilon spent is
+printed and recorded after every epoch. Ctrl-C writes the history of the finished epochs
+(none finished: an earlier --json stays; --save is not written) and exits 130."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -123,6 +126,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --track or a --rule: training examples the tracked statistics use "
         "(default 5000)",
     )
+    private = parser.add_argument_group(
+        "private training (DP-SGD): Poisson sampling at q = --batch-size / n, per-example "
+        "clipping and Gaussian noise; any --optimizer but diag_ggn, --rule bp, one process"
+    )
+    private.add_argument(
+        "--dp",
+        action="store_true",
+        help="train with DP-SGD (needs --clip and one of --noise-multiplier, --target-epsilon)",
+    )
+    private.add_argument(
+        "--clip",
+        type=common.positive,
+        default=None,
+        metavar="C",
+        help="--dp: the norm each example's gradient is clipped to",
+    )
+    private.add_argument(
+        "--noise-multiplier",
+        type=common.positive,
+        default=None,
+        metavar="SIGMA",
+        help="--dp: the noise's std in units of --clip",
+    )
+    private.add_argument(
+        "--target-epsilon",
+        type=common.positive,
+        default=None,
+        metavar="EPSILON",
+        help="--dp: pick the smallest sigma whose run (--epochs x round(n / --batch-size) "
+        "steps) spends at most this epsilon",
+    )
+    private.add_argument(
+        "--delta",
+        type=common.open_unit_interval,
+        default=None,
+        help="--dp: the delta of (epsilon, delta)-DP, in (0, 1), well below 1/n (default 1e-5)",
+    )
+    private.add_argument(
+        "--accountant",
+        choices=list(runs.ACCOUNTANTS),
+        default=None,
+        help="--dp: Renyi DP or privacy loss distributions (dp-accounting; default rdp)",
+    )
     parser.add_argument(
         "--save",
         default=None,
@@ -151,6 +197,7 @@ IGNORED_UNLESS = {
 # The options that are Config fields of `runs.config.MEANINGFUL`.
 CONFIG_OPTIONS = ("data_dir", "download", "shared_shuffle", "damping", "ggn_decay")
 CONFIG_OPTIONS += ("feedback_scale", "track_examples")
+CONFIG_OPTIONS += ("clip", "noise_multiplier", "target_epsilon", "delta", "accountant")
 
 
 def _given_or_default(args: argparse.Namespace, field: str):
@@ -186,6 +233,12 @@ def config_from(args: argparse.Namespace) -> runs.Config:
         track=tuple(dict.fromkeys(args.track)),
         track_examples=_given_or_default(args, "track_examples"),
         float64=args.float64,
+        dp=args.dp,
+        clip=args.clip,
+        noise_multiplier=args.noise_multiplier,
+        target_epsilon=args.target_epsilon,
+        delta=_given_or_default(args, "delta"),
+        accountant=_given_or_default(args, "accountant"),
     )
 
 
@@ -204,6 +257,10 @@ def run(args: argparse.Namespace) -> int:
     outputs = Outputs(args.json, args.plot, args.save)
     common.refuse_ignored(args, IGNORED_UNLESS)
     runs.check(config, common.given(args, CONFIG_OPTIONS))
+    if config.dp:  # the accountant (dp-accounting) and sigma before any data is loaded
+        runs.privacy_setting(config)
+        for warning in runs.privacy_warnings(config):
+            print(f"warning: {warning}", file=sys.stderr)
     if jax.process_index() == 0:  # the one process that writes
         common.check_outputs(**outputs._asdict())
         if args.save is not None and len(config.runs) > 1:  # the longest name of NAME-seed...
@@ -225,6 +282,8 @@ def train(
             f"{len(config.runs)} runs in one program: seeds {list(config.seeds)} x learning "
             f"rate {list(config.learning_rates)}"
         )
+    if config.dp:
+        _print_privacy(runs.privacy_setting(config, data.xs.shape[0]), config)
     bar = common.progress_bar(config.epochs, desc="training", disable=no_progress)
     try:
         result = runs.train(config, data, on_epoch=_reporter(config, data, bar))
@@ -250,6 +309,7 @@ def train(
             f"{record['peak_epoch']}); training {record['median_train_seconds_per_epoch']:.3f} "
             "s per epoch (median, epochs 2+), first epoch with compilation "
             f"{record['first_epoch_seconds']:.2f} s"
+            + (f"; epsilon {record['epsilon']:.3g} (delta {config.delta:g})" if config.dp else "")
         )
     failed = all(run["diverged"] for run in runs.per_run(record))
     # The history first: if the params cannot be written, the run is still on record.
@@ -259,6 +319,27 @@ def train(
         print(f"error: {reason}", file=sys.stderr)
         return 1, record
     return 0, record
+
+
+def _print_privacy(setting: runs.Privacy, config: runs.Config) -> None:
+    """What a private job trains with and what it will spend."""
+    picked = (
+        "" if config.noise_multiplier is not None else f" (for epsilon {config.target_epsilon:g})"
+    )
+    print(
+        f"DP-SGD: Poisson sampling q = {setting.sample_rate:.4g} (expected batch "
+        f"{config.batch_size}, padded to {setting.max_batch}), {setting.steps_per_epoch} steps "
+        f"per epoch, clip {setting.clip:g}, noise multiplier {setting.noise_multiplier:.4g}"
+        f"{picked}; epsilon after {config.epochs} epochs {setting.epsilon:.3g} (delta "
+        f"{setting.delta:g}, {setting.accountant} accountant)"
+    )
+
+
+def _privacy(row: dict, config: runs.Config) -> str:
+    """ ", epsilon 1.23 (delta 1e-05)" of a private job's row, else nothing."""
+    if "epsilon" not in row:
+        return ""
+    return f", epsilon {row['epsilon']:.3g} (delta {config.delta:g})"
 
 
 def _reporter(config: runs.Config, data: runs.Data, bar):
@@ -279,13 +360,15 @@ def _reporter(config: runs.Config, data: runs.Data, bar):
         accuracies = [row["eval_accuracy"] for row in alive]
         if len(epoch.rows) == 1:
             correct = round(accuracies[0] * n_eval)
-            common.write_line(f"Epoch {epoch.epoch - 1}: {correct} / {n_eval}")
+            common.write_line(
+                f"Epoch {epoch.epoch - 1}: {correct} / {n_eval}{_privacy(alive[0], config)}"
+            )
             bar.set_postfix(acc=f"{accuracies[0]:.4f}", cost=f"{alive[0]['eval_cost']:.4f}")
         else:
             common.write_line(
                 f"Epoch {epoch.epoch - 1}: {data.eval_name} accuracy mean "
                 f"{np.mean(accuracies):.2%}, best {max(accuracies):.2%} over {len(alive)} "
-                f"runs ({epoch.seconds:.2f} s)"
+                f"runs ({epoch.seconds:.2f} s){_privacy(alive[0], config)}"
             )
 
     return on_epoch

@@ -15,19 +15,28 @@ Example::
     for row in result.record["summary"]:
         print(row["learning_rate"], row["final_mean"], row["final_std"])
     runs.write_json("runs.json", result.record)
+
+Private training (DP-SGD, Poisson sampling, epsilon per epoch in the history)::
+
+    config = runs.Config(dataset="digits", dp=True, clip=1.0, target_epsilon=2.0,
+                         batch_size=64, learning_rates=(0.5,), epochs=10)
 """
 
 from functional_bp.runs.config import (
+    ACCOUNTANTS,
     DATASETS,
     OPTIMIZERS,
     RULES,
     TRACKS,
     Config,
     Data,
+    Privacy,
     check,
     check_outputs,
     load,
     optimizer,
+    privacy_setting,
+    privacy_warnings,
 )
 from functional_bp.runs.gradcheck import GradientReport, gradient_check, random_batch
 from functional_bp.runs.loop import FEEDBACK_SEED_OFFSET, train
@@ -46,6 +55,7 @@ from functional_bp.runs.records import (
 )
 
 __all__ = [
+    "ACCOUNTANTS",
     "DATASETS",
     "FEEDBACK_SEED_OFFSET",
     "OPTIMIZERS",
@@ -56,6 +66,7 @@ __all__ = [
     "Epoch",
     "GradientReport",
     "Interrupted",
+    "Privacy",
     "Result",
     "check",
     "check_outputs",
@@ -63,6 +74,8 @@ __all__ = [
     "load",
     "optimizer",
     "per_run",
+    "privacy_setting",
+    "privacy_warnings",
     "random_batch",
     "run_path",
     "save_params",

@@ -26,17 +26,21 @@ __all__ = [
     "MAX_RUNS",
     "MAX_SEED",
     "MEANINGFUL",
+    "ACCOUNTANTS",
     "OPTIMIZERS",
     "RULES",
     "TRACKS",
     "Config",
     "Data",
+    "Privacy",
     "check",
     "check_outputs",
     "load",
     "memory_estimate",
     "memory_limit",
     "optimizer",
+    "privacy_setting",
+    "privacy_warnings",
 ]
 
 # Each data set's input size; every one has 10 classes.
@@ -71,6 +75,8 @@ OPTIMIZERS = (*_OPTAX, "diag_ggn")
 _SLOTS = dict(sgd=0, momentum=1, nesterov=1, adam=2, adamw=2, rmsprop=1, diag_ggn=1)
 RULES = ("bp", *(rule for rule in feedback.RULES if rule != "bp"))
 TRACKS = ("noise-scale", "layer-norms")
+# The privacy accountants of `functional_bp.privacy` (dp-accounting's RDP and PLD).
+ACCOUNTANTS = ("rdp", "pld")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +113,17 @@ class Config:
         `feedback.alignment_angles` always.
       track_examples: the first this many training examples are what tracking uses.
       float64: train in float64 (needs ``jax_enable_x64``).
+      dp: train with DP-SGD (`functional_bp.privacy.poisson_epoch`): each step takes every
+        training example with probability q = batch_size / n (so batch_size is the
+        expected batch), clips each example's gradient to ``clip``, adds Gaussian noise
+        of std noise_multiplier * clip and divides by the expected batch; an epoch is
+        round(1/q) such steps. The epsilon spent is recorded after every epoch.
+      clip: dp: the per-example clipping norm C.
+      noise_multiplier: dp: sigma, the noise's std in units of C; or
+      target_epsilon: dp: the epsilon the whole run (epochs x round(1/q) steps) may
+        spend; sigma is the smallest that keeps it (`privacy.noise_multiplier`).
+      delta: dp: the delta of (epsilon, delta)-DP.
+      accountant: dp: "rdp" (Renyi DP) or "pld" (privacy loss distributions).
     """
 
     dataset: str = "digits"
@@ -133,6 +150,12 @@ class Config:
     track: tuple[str, ...] = ()
     track_examples: int = 5000
     float64: bool = False
+    dp: bool = False
+    clip: Optional[float] = None
+    noise_multiplier: Optional[float] = None
+    target_epsilon: Optional[float] = None
+    delta: float = 1e-5
+    accountant: str = "rdp"
 
     @property
     def layer_sizes(self) -> list[int]:
@@ -251,6 +274,10 @@ MEANINGFUL: dict[str, tuple[Callable[[Config], bool], Callable[[Config], str]]] 
         _feedback_rule,
         lambda c: f"it sets the std of a rule's random B; rule {c.rule} has none",
     ),
+    **{
+        field: (lambda c: c.dp, lambda c: "it is for private training, which is off (dp, --dp)")
+        for field in ("clip", "noise_multiplier", "target_epsilon", "delta", "accountant")
+    },
     "track_examples": (
         lambda c: bool(c.track) or c.rule != "bp",
         lambda c: (
@@ -278,7 +305,8 @@ def _ignored(config: Config, given: Optional[Mapping[str, str]]) -> None:
 def memory_estimate(config: Config) -> int:
     """A lower bound on the bytes of the arrays training holds at once, from the sizes,
     the dtype and the number of runs: per run the params, their gradient and update,
-    the optimizer's state, a rule's B, a mini-batch's activations and error terms, and
+    the optimizer's state, a rule's B, a mini-batch's activations and error terms (dp:
+    the padded Poisson batch's), and
     the activations of the training set that each epoch is measured on (at once)."""
     sizes, itemsize = config.layer_sizes, jnp.dtype(config.dtype).itemsize
     params = sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:]))
@@ -286,7 +314,12 @@ def memory_estimate(config: Config) -> int:
     per_run = params * (3 + _SLOTS.get(config.optimizer, 0))
     per_run += params if config.rule != "bp" else 0
     n_train = TRAIN_EXAMPLES.get(config.dataset, 0)
-    per_run += 3 * min(config.batch_size, n_train) * units  # a larger batch is the set
+    batch = min(config.batch_size, n_train)  # a larger batch is the set
+    if config.dp and n_train and batch >= 1:  # a Poisson batch is padded to its max_batch
+        from functional_bp import privacy
+
+        batch = privacy.default_max_batch(n_train, batch / n_train)
+    per_run += 3 * batch * units
     per_run += 2 * n_train * units
     if config.track or config.rule != "bp":
         per_run += 2 * min(config.track_examples, n_train) * units
@@ -380,13 +413,167 @@ def check(config: Config, given: Optional[Mapping[str, str]] = None) -> None:
         'float64 needs jax.config.update("jax_enable_x64", True) first',
     )
     _ignored(config, given)
+    if config.dp:
+        _private(config)
     _memory(config)
     if jax.process_count() > 1:
         _processes(config)
 
 
+def _finite_positive(value, name: str, option: str) -> None:
+    _require(
+        isinstance(value, (int, float, np.floating, np.integer))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0,
+        f"Expected {name} ({option}) finite and > 0, got {value!r}",
+    )
+
+
+def _private(config: Config) -> None:
+    """DP-SGD (dp): a clip norm, one of noise_multiplier and target_epsilon, delta in
+    (0, 1), an expected batch no larger than the training set, the gradient of the
+    network's own params (rule bp) and an optax optimizer."""
+    _require(
+        config.clip is not None,
+        "dp needs clip (--clip): the norm C each example's gradient is clipped to",
+    )
+    _finite_positive(config.clip, "clip", "--clip")
+    given = [
+        option
+        for option, value in (
+            ("--noise-multiplier", config.noise_multiplier),
+            ("--target-epsilon", config.target_epsilon),
+        )
+        if value is not None
+    ]
+    _require(
+        len(given) == 1,
+        "dp needs exactly one of noise_multiplier (--noise-multiplier: sigma itself) and "
+        "target_epsilon (--target-epsilon: the smallest sigma that spends it over the run), "
+        + ("got both" if given else "got neither"),
+    )
+    if config.noise_multiplier is not None:
+        _finite_positive(config.noise_multiplier, "noise_multiplier", "--noise-multiplier")
+    else:
+        _finite_positive(config.target_epsilon, "target_epsilon", "--target-epsilon")
+    _require(
+        isinstance(config.delta, (int, float, np.floating))
+        and not isinstance(config.delta, bool)
+        and 0 < config.delta < 1,
+        f"Expected delta (--delta) in (0, 1), got {config.delta!r}",
+    )
+    _one_of(config.accountant, "accountant (--accountant)", ACCOUNTANTS)
+    _require(
+        config.rule == "bp",
+        f"dp clips and noises each example's gradient of the network's own params; rule "
+        f"{config.rule}'s update is not that gradient (--rule bp with --dp)",
+    )
+    _require(
+        config.optimizer != "diag_ggn",
+        "dp cannot train with optimizer diag_ggn (--optimizer): its curvature is measured "
+        "on the batch without clipping or noise, which would leak it; use sgd, momentum, "
+        "adam, ...",
+    )
+    n_train = TRAIN_EXAMPLES[config.dataset]
+    _require(
+        config.batch_size <= n_train,
+        f"dp samples each example with probability q = batch_size / n = {config.batch_size} "
+        f"/ {n_train} > 1 for {config.dataset}: give a --batch-size (the expected batch) of "
+        f"at most {n_train}",
+    )
+
+
+def privacy_warnings(config: Config) -> list[str]:
+    """What is allowed but weak about a dp config: delta >= 1/n, which a mechanism that
+    publishes one example outright meets."""
+    if not config.dp:
+        return []
+    n_train = TRAIN_EXAMPLES.get(config.dataset, 0)
+    if n_train and config.delta >= 1 / n_train:
+        return [
+            f"delta {config.delta:g} (--delta) is not below 1/n = 1/{n_train} = "
+            f"{1 / n_train:.2g}: (epsilon, delta)-DP then allows publishing some examples "
+            "outright; give a delta well below 1/n"
+        ]
+    return []
+
+
+class Privacy(NamedTuple):
+    """What a dp config trains with, on a training set of ``num_examples``.
+
+    Attributes:
+      clip: the clipping norm C.
+      noise_multiplier: sigma (given, or picked for target_epsilon).
+      delta: the delta.
+      accountant: "rdp" or "pld".
+      sample_rate: q = batch_size / num_examples.
+      steps_per_epoch: round(1 / q).
+      max_batch: the padded batch a Poisson sample fills (`privacy.default_max_batch`).
+      epsilon: the epsilon after all the config's epochs.
+    """
+
+    clip: float
+    noise_multiplier: float
+    delta: float
+    accountant: str
+    sample_rate: float
+    steps_per_epoch: int
+    max_batch: int
+    epsilon: float
+
+    def epsilon_after(self, epochs: int) -> float:
+        """The epsilon spent after ``epochs`` epochs."""
+        from functional_bp import privacy
+
+        steps = epochs * self.steps_per_epoch
+        return privacy.epsilon(
+            self.noise_multiplier, self.sample_rate, steps, self.delta, accountant=self.accountant
+        )
+
+    def as_dict(self) -> dict:
+        return self._asdict()
+
+
+@functools.lru_cache(maxsize=32)
+def privacy_setting(config: Config, num_examples: Optional[int] = None) -> Privacy:
+    """The `Privacy` of a dp config on ``num_examples`` training examples (None: the data
+    set's), sigma picked by the accountant for target_epsilon. Needs dp-accounting
+    (the privacy extra)."""
+    from functional_bp import privacy
+
+    n = TRAIN_EXAMPLES[config.dataset] if num_examples is None else num_examples
+    q = config.batch_size / n
+    steps_per_epoch = privacy.steps_per_epoch(q)
+    steps = config.epochs * steps_per_epoch
+    if config.noise_multiplier is not None:
+        sigma = float(config.noise_multiplier)
+    else:
+        sigma = float(
+            privacy.noise_multiplier(
+                config.target_epsilon, q, steps, config.delta, accountant=config.accountant
+            )
+        )
+    epsilon = privacy.epsilon(sigma, q, steps, config.delta, accountant=config.accountant)
+    return Privacy(
+        clip=float(config.clip),
+        noise_multiplier=sigma,
+        delta=float(config.delta),
+        accountant=config.accountant,
+        sample_rate=q,
+        steps_per_epoch=steps_per_epoch,
+        max_batch=privacy.default_max_batch(n, q),
+        epsilon=float(epsilon),
+    )
+
+
 def _processes(config: Config) -> None:
     """Several processes (jax.distributed) train one run of data-parallel SGD."""
+    _require(
+        not config.dp,
+        "several processes cannot train dp (--dp): each Poisson-sampled step is one "
+        "device's program here; train private runs in one process",
+    )
     _require(
         config.optimizer == "sgd" and config.rule == "bp",
         f"several processes train with optimizer sgd and rule bp only (data-parallel SGD), "

@@ -4,7 +4,9 @@ Every run trains through the one composition of `functional_bp.training`:
 `training.epoch` (gradient x optimizer x loop), and for several runs `training.many`
 over it, each run with its own key, params and optimizer state (its learning rate in
 the state) and the data set shared. Several processes train one run with
-`parallel.data_parallel_epoch`.
+`parallel.data_parallel_epoch`. A private config (dp) trains each epoch with
+`privacy.poisson_epoch` (Poisson-sampled steps of `per_example.PrivateGradient`) and
+records the epsilon spent after every epoch.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from functional_bp import core, diagnostics, feedback, parallel, statistics, training
+from functional_bp import core, diagnostics, feedback, parallel, per_example, statistics, training
 from functional_bp.gradients import loss
 from functional_bp.params import Layer, init_mlp
-from functional_bp.runs.config import Config, Data, check, optimizer
+from functional_bp.runs.config import Config, Data, Privacy, check, optimizer, privacy_setting
 from functional_bp.runs.records import Epoch, Interrupted, Result, summary, sweep_summary
 
 __all__ = ["FEEDBACK_SEED_OFFSET", "out_of_memory", "train"]
@@ -40,6 +42,19 @@ _EPOCHS = jax.jit(
 _SHARED_EPOCHS = jax.jit(
     training.many(training.epoch, ["params", "opt_state"]), static_argnames=_STATIC
 )
+
+
+_PRIVATE_STATIC = ("optimizer", "sample_rate", "max_batch", "net")
+
+
+@functools.cache
+def _private_epochs(shared: bool) -> Callable:
+    """`privacy.poisson_epoch` for several runs in one program: each run its own key
+    (its own Poisson samples and noise), or the first run's for all (``shared``)."""
+    from functional_bp import privacy
+
+    per_run = ["params", "opt_state"] if shared else ["key", "params", "opt_state"]
+    return jax.jit(training.many(privacy.poisson_epoch, per_run), static_argnames=_PRIVATE_STATIC)
 
 
 @contextlib.contextmanager
@@ -191,6 +206,7 @@ def _epoch_function(config: Config, data: Data, many: bool):
     else:
         gradient = feedback.RuleGradient(config.rule, decay or 0.0)
     common = dict(batch_size=config.batch_size, gradient=gradient, net=net)
+    setting = privacy_setting(config, n) if config.dp else None
 
     def init(state):
         if not many:
@@ -218,6 +234,9 @@ def _epoch_function(config: Config, data: Data, many: bool):
             )
             return [Layer(*(a.addressable_data(0) for a in layer)) for layer in params], opt_state
 
+    elif setting is not None:
+        epoch = _private_epoch(setting, update, data, net, many, config.shared_shuffle)
+
     elif not many:
 
         def epoch(key, state, opt_state):
@@ -233,6 +252,34 @@ def _epoch_function(config: Config, data: Data, many: bool):
     return epoch, init
 
 
+def _private_epoch(setting: Privacy, update, data: Data, net, many: bool, shared: bool):
+    """An epoch of `privacy.poisson_epoch`: round(1/q) Poisson-sampled steps of DP-SGD,
+    each step's gradient divided by the expected batch q n."""
+    from functional_bp import privacy
+
+    n = data.xs.shape[0]
+    gradient = per_example.PrivateGradient(
+        setting.clip, setting.noise_multiplier, expected_batch_size=setting.sample_rate * n
+    )
+    options = dict(
+        sample_rate=setting.sample_rate, gradient=gradient, max_batch=setting.max_batch, net=net
+    )
+    if not many:
+
+        def epoch(key, state, opt_state):
+            return privacy.poisson_epoch(key, update, state, opt_state, data.xs, data.ys, **options)
+
+    else:
+
+        def epoch(keys, state, opt_state):
+            key = keys[0] if shared else keys
+            return _private_epochs(shared)(
+                key, update, state, opt_state, data.xs, data.ys, **options
+            )
+
+    return epoch
+
+
 def train(
     config: Config, data: Data, *, on_epoch: Optional[Callable[[Epoch], None]] = None
 ) -> Result:
@@ -240,7 +287,9 @@ def train(
 
     Runs `check` first. After every epoch, each run's row (module `records`) is
     measured and ``on_epoch(Epoch(...))`` is called: progress reports go through it, so
-    this function prints nothing. A run whose cost or params stop being finite (or
+    this function prints nothing. A private config (dp) adds each epoch's ``epsilon``
+    (spent so far, the same for every run) to the rows and its `Privacy` to the record
+    as ``privacy``. A run whose cost or params stop being finite (or
     exceed 1e6) is marked diverged with the reason: one run stops there; of several,
     the others go on (the diverged one's values are NaN from then on).
 
@@ -255,6 +304,7 @@ def train(
 
 def _train(config: Config, data: Data, on_epoch: Optional[Callable[[Epoch], None]]) -> Result:
     many = len(config.runs) > 1
+    setting = privacy_setting(config, data.xs.shape[0]) if config.dp else None
     epoch_fn, init = _epoch_function(config, data, many)
     keys, state = _initial_state(config, many)
     opt_state = init(state)
@@ -271,6 +321,8 @@ def _train(config: Config, data: Data, on_epoch: Optional[Callable[[Epoch], None
     def result() -> Result:
         params, matrices = _network(config, state)
         record = _record(config, data, histories, diverged, initial, many)
+        if setting is not None:
+            record = {**record, "privacy": setting.as_dict()}
         return Result(record, params, matrices)
 
     try:
@@ -291,6 +343,9 @@ def _train(config: Config, data: Data, on_epoch: Optional[Callable[[Epoch], None
                 extra = _per_run(_tracked(config, state, track_xs, track_ys, many), len(rows), many)
                 rows = [{**row, **more} for row, more in zip(rows, extra)]
             rows = [{"epoch": epoch, "train_seconds": seconds, **row} for row in rows]
+            if setting is not None:
+                epsilon = setting.epsilon_after(epoch)
+                rows = [{**row, "epsilon": epsilon} for row in rows]
             for history, row in zip(histories, rows):
                 history.append(row)
             _check_divergence(params, rows, diverged, epoch, many)

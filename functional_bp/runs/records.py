@@ -9,8 +9,12 @@ The record of one run::
 with one row per epoch (``epoch``, ``train_seconds``, ``train_cost``,
 ``train_accuracy``, ``eval_cost``, ``eval_accuracy``, and what is tracked:
 ``update_angles`` and ``feedback_angles`` under a rule, ``noise_scale``,
-``noise_trace``, ``noise_grad_norm_sq``, ``delta_norms``, ``weight_grad_norms``) and,
-when something is tracked, ``initial``: the tracked values before training. Several runs
+``noise_trace``, ``noise_grad_norm_sq``, ``delta_norms``, ``weight_grad_norms``; under
+dp, ``epsilon``: the privacy spent after that epoch) and, when something is tracked,
+``initial``: the tracked values before training. A private run (dp) also has
+``epsilon`` (after its last epoch) and ``privacy``: the clip, the noise_multiplier sigma
+trained with, delta, the accountant, the sample_rate q, steps_per_epoch, max_batch and
+the epsilon after all the config's epochs. Several runs
 have ``runs``: one such record per run (without ``config``, with ``seed`` and
 ``learning_rate``), and ``summary``: per learning rate the mean, std and best accuracies.
 """
@@ -85,12 +89,15 @@ class Interrupted(KeyboardInterrupt):
 
 
 def summary(history: list[dict]) -> dict:
-    """Final and peak accuracy, and the time per epoch, of one run's history."""
+    """Final and peak accuracy, and the time per epoch, of one run's history (and the
+    epsilon spent, of a private one)."""
     if not history:
         return {}
     times = [row["train_seconds"] for row in history]
     best = max(history, key=lambda row: row["eval_accuracy"])
+    private = {"epsilon": history[-1]["epsilon"]} if "epsilon" in history[-1] else {}
     return dict(
+        **private,
         final_accuracy=history[-1]["eval_accuracy"],
         peak_accuracy=best["eval_accuracy"],
         peak_epoch=best["epoch"],

@@ -171,6 +171,11 @@ def test_the_table_refuses_a_library_config_too(field):
         ggn_decay=0.5,
         feedback_scale=0.3,
         track_examples=10,
+        clip=1.0,
+        noise_multiplier=1.1,
+        target_epsilon=1.0,
+        delta=1e-6,
+        accountant="pld",
     )
     config = runs.Config(**{field: values[field]})
     if field == "track_examples":
