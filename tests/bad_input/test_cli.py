@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jax
 import pytest
+from cli.helpers import TINY, assert_refused, run
 from conftest import interruptible_module
 
 from functional_bp import data, runs
@@ -23,27 +24,7 @@ from functional_bp.cli import main
 from functional_bp.runs import config as config_module
 from functional_bp.runs import loop
 
-# A network small enough that a run is mostly compilation: digits in, 10 out.
-TINY = ["--sizes", "64,8,10", "--epochs", "1", "--no-progress"]
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def run(argv: list[str], capsys) -> tuple[int, str]:
-    """The exit status of ``main(argv)`` (argparse's SystemExit included) and stderr."""
-    try:
-        status = main(argv)
-    except SystemExit as exit_:
-        status = exit_.code
-    return status, capsys.readouterr().err
-
-
-def assert_refused(status: int, err: str, option: str, code: int = 2) -> None:
-    """Exit ``code``, one ``error:`` line naming ``option``, no traceback."""
-    assert status == code, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1, err
-    assert option in lines[0], err
 
 
 def _id(case) -> str:

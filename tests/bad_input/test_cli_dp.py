@@ -4,30 +4,12 @@ naming the option (exit 2, no traceback); a weak delta is a warning, not a refus
 
 import jax
 import pytest
+from cli.helpers import assert_refused, run
 
 from functional_bp import runs
-from functional_bp.cli import main
 
 DP = ["--dp", "--clip", "1"]
 SIGMA = ["--noise-multiplier", "1.1"]
-
-
-def run(argv: list[str], capsys) -> tuple[int, str]:
-    """The exit status of ``main(argv)`` (argparse's SystemExit included) and stderr."""
-    try:
-        status = main(argv)
-    except SystemExit as exit_:
-        status = exit_.code
-    return status, capsys.readouterr().err
-
-
-def assert_refused(status: int, err: str, option: str) -> None:
-    """Exit 2, one ``error:`` line naming ``option``, no traceback."""
-    assert status == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1, err
-    assert option in lines[0], err
 
 
 def _id(case) -> str:
