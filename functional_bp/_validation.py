@@ -266,7 +266,8 @@ def finite_array(value: Any, name: str) -> None:
     if not jnp.issubdtype(value.dtype, jnp.inexact):
         return
     xp = np if isinstance(value, np.ndarray) else jnp
-    bad = int(xp.sum(~xp.isfinite(value)))
+    with jax.ensure_compile_time_eval():  # a constant inside the caller's jit: count now
+        bad = int(xp.sum(~xp.isfinite(value)))
     if bad:
         raise ValueError(
             f"Expected {name} to be finite, got {bad} NaN or infinite entries of "

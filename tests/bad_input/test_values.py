@@ -337,3 +337,13 @@ def test_a_user_cost_sample_keeps_its_contract(sample, error, match):
     )
     with pytest.raises(error, match=f"Cost 'mine'.*{match}"):
         fbp.grad(PARAMS, XS, ONE_HOT, net=fbp.Network(cost=cost))
+
+
+def test_value_checks_inside_the_callers_jit_with_closed_over_data():
+    """Concrete data closed over by the caller's jit is checked, not traced into an error."""
+    ys = ONE_HOT
+    got = jax.jit(lambda p: fbp.curvature.diag_ggn(p, XS, ys))(PARAMS)
+    assert_tree_close(got, fbp.curvature.diag_ggn(PARAMS, XS, ys))
+    bad = XS.at[0, 0].set(jnp.nan)
+    with pytest.raises(ValueError, match="Expected xs to be finite"):
+        jax.jit(lambda p: fbp.curvature.diag_ggn(p, bad, ys))(PARAMS)
