@@ -1,6 +1,7 @@
 r"""Curvature from the backward pass: the diagonal of the generalized Gauss-Newton matrix
-(exact and Monte-Carlo) and its Kronecker factors (BackPACK's DiagGGNExact, DiagGGNMC
-and KFLR, in JAX).
+(exact and Monte-Carlo, of the mean or of every example) and its Kronecker factors
+(BackPACK's DiagGGNExact, DiagGGNMC, BatchDiagGGNExact, BatchDiagGGNMC, KFLR and KFAC,
+in JAX).
 
 The GGN of the mean cost is (1/N) sum_i J_i^T H_i J_i, with J_i the Jacobian of the
 network's output and H_i the Hessian of the cost in it:
@@ -39,6 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from functional_bp import core
+from functional_bp._second_order import diag_hessian, ggn_vector_product, hessian_vector_product
 from functional_bp._validation import (
     check_int,
     check_key,
@@ -56,10 +58,16 @@ __all__ = [
     "CurvatureTransformation",
     "DiagGGNState",
     "KFACFactors",
+    "batch_diag_ggn",
+    "batch_diag_ggn_mc",
     "diag_ggn",
     "diag_ggn_descent",
     "diag_ggn_mc",
+    "diag_hessian",
+    "ggn_vector_product",
+    "hessian_vector_product",
     "kfac_factors",
+    "kfac_factors_mc",
     "mean_diag_ggn",
     "scale_by_diag_ggn",
 ]
@@ -116,6 +124,34 @@ def _diagonal(cache: core.Cache, weights: Array, columns: list[Array], n: int) -
     ]
 
 
+def _per_example_diagonal(cache: core.Cache, weights: Array, columns: list[Array]) -> list[Layer]:
+    """sum_k lambda_ik (b_ik^l)^2 ((a_i^{l-1})^2)^T per example and layer, not summed
+    over i: w of shape (batch, n_l, n_{l-1}), b of shape (batch, n_l)."""
+    diagonal = []
+    for b, a in zip(columns, cache.activations):
+        s = jnp.einsum("ik,ikn->in", weights, b**2)
+        diagonal.append(Layer(s[:, :, None] * (a**2)[:, None, :], s))
+    return diagonal
+
+
+def _kfac(cache: core.Cache, weights: Array, columns: list[Array], n: int) -> list[KFACFactors]:
+    """A = (1/N) sum_i abar_i abar_i^T and G = (1/N) sum_i sum_k lambda_ik b_ik b_ik^T."""
+    factors = []
+    for b, a in zip(columns, cache.activations):
+        a_bar = jnp.concatenate([a, jnp.ones_like(a[:, :1])], axis=1)
+        # One matrix product over the N K columns, (N K, n_l)^T (N K, n_l).
+        columns_of = b.reshape(-1, b.shape[-1])
+        g = (columns_of * weights.reshape(-1, 1)).T @ columns_of / n
+        factors.append(KFACFactors(a_bar.T @ a_bar / n, g))
+    return factors
+
+
+def _samples(value: Any, name: str) -> None:
+    """A `check_values` rule: ``samples`` an int >= 1, bools refused (seen before jit,
+    where True and 1 would share a compiled program)."""
+    check_int(value, name)
+
+
 @check_values(xs=finite_array, ys=finite_array)
 @jit_with_net
 def diag_ggn(
@@ -169,7 +205,53 @@ def mean_diag_ggn(net: Network, params: Params, xs: Array, ys: Array) -> list[La
     return _cast(_diagonal(cache, weights, columns, xs.shape[0]), dtype)
 
 
-def _sampler(net: Network):
+@check_values(xs=finite_array, ys=finite_array)
+@jit_with_net
+def batch_diag_ggn(
+    params: Params,
+    xs: Array,
+    ys: Array,
+    *,
+    net: Network = Network(),
+) -> list[Layer]:
+    r"""The diagonal of every example's GGN, diag(J_i^T H_i J_i), without the mean over
+    the batch (BackPACK's BatchDiagGGNExact): in the structure of params with a leading
+    batch axis, w of shape (batch, n_l, n_{l-1}) and b of shape (batch, n_l):
+
+    \[ \operatorname{diag}\left(J_i^\top H_i J_i\right)_{w^l} = \sum_k \lambda_{ik}
+    (b_{ik}^l)^2 \left((a_i^{l-1})^2\right)^\top, \qquad
+    \operatorname{diag}\left(J_i^\top H_i J_i\right)_{b^l} = \sum_k \lambda_{ik}
+    (b_{ik}^l)^2. \]
+
+    The same columns as `diag_ggn` (the eigendecomposition of each H_i, backpropagated
+    by eq 96), not summed over the examples: its mean over the batch is `diag_ggn`. J and
+    H are those of `diag_ggn` (in z^L where the cost has a closed form there, else in
+    a^L). The result holds batch x params floats, as per-example gradients do: writing
+    it, not the n_L backward passes, dominates for wide layers. Computed in at least
+    float32, returned in the params' dtype.
+
+    Args:
+      params: a list of `Layer`.
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out), or integer class labels of shape (batch,).
+      net: the `Network`.
+
+    Returns:
+      A list of `Layer`, one per layer, each leaf with a leading batch axis.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> [d.w.shape for d in fbp.curvature.batch_diag_ggn(params, xs, ys)]
+      [(5, 4, 3), (5, 2, 4)]
+    """
+    core.check(net, params, xs, ys)
+    dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
+    cache, weights, columns = _factor_columns(net, params, xs, ys)
+    return _cast(_per_example_diagonal(cache, weights, columns), dtype)
+
+
+def _sampler(net: Network, function: str = "diag_ggn_mc", exact: str = "diag_ggn"):
     """``sample(key, z, a)``: a target drawn from the model's predictive distribution."""
     form = net.cost.closed_form(net.output_activation)
     if form is not None and form.sample is not None:
@@ -177,10 +259,22 @@ def _sampler(net: Network):
     if form is None and net.cost.sample is not None:
         return lambda key, z, a: net.cost.sample(key, a)
     raise ValueError(
-        f"diag_ggn_mc needs targets sampled from the model: cost {net.cost.name!r} after "
+        f"{function} needs targets sampled from the model: cost {net.cost.name!r} after "
         f"output activation {net.output_activation.name!r} has no sample function. Give "
-        "your Cost (or its ClosedForm) one, or use diag_ggn"
+        f"your Cost (or its ClosedForm) one, or use {exact}"
     )
+
+
+def _sampled_columns(key: Array, net: Network, cache: core.Cache, samples: int, sample):
+    """The output errors delta^L(y_s) of ``samples`` targets drawn per example from the
+    model, (batch, samples, n_L), and their weights 1/samples, (batch, samples)."""
+    z_L, a_L = cache.zs[-1], cache.activations[-1]
+    n = z_L.shape[0]
+    keys = jax.random.split(key, (n, samples))
+    targets = jax.vmap(jax.vmap(sample, in_axes=(0, None, None)))(keys, z_L, a_L)
+    error = functools.partial(output_error, net=net)
+    columns = jax.vmap(jax.vmap(error, in_axes=(None, None, 0)))(z_L, a_L, targets)
+    return columns, jnp.full((n, samples), 1 / samples, z_L.dtype)
 
 
 @check_values(xs=finite_array, ys=finite_array)
@@ -228,14 +322,60 @@ def diag_ggn_mc(
     sample = _sampler(net)
     dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
     cache = core.forward_pass(net, params, xs)
-    z_L, a_L = cache.zs[-1], cache.activations[-1]
-    keys = jax.random.split(key, (xs.shape[0], samples))
-    targets = jax.vmap(jax.vmap(sample, in_axes=(0, None, None)))(keys, z_L, a_L)
-    error = functools.partial(output_error, net=net)
-    columns = jax.vmap(jax.vmap(error, in_axes=(None, None, 0)))(z_L, a_L, targets)
-    weights = jnp.full((xs.shape[0], samples), 1 / samples, z_L.dtype)
+    columns, weights = _sampled_columns(key, net, cache, samples, sample)
     diagonal = _diagonal(cache, weights, _backpropagated(net, params, cache, columns), xs.shape[0])
     return _cast(diagonal, dtype)
+
+
+@check_values(key=check_key, xs=finite_array, ys=finite_array, samples=_samples)
+@jit_with_net(static=("samples",))
+def batch_diag_ggn_mc(
+    key: Array,
+    params: Params,
+    xs: Array,
+    ys: Array,
+    *,
+    samples: int = 1,
+    net: Network = Network(),
+) -> list[Layer]:
+    r"""An unbiased Monte-Carlo estimate of `batch_diag_ggn`, every example's diagonal
+    GGN (BackPACK's BatchDiagGGNMC), from targets sampled as in `diag_ggn_mc`:
+
+    \[ \operatorname{diag}\left(J_i^\top H_i J_i\right)_{w^l} \approx \frac{1}{S}
+    \sum_{s=1}^S (b_{is}^l)^2 \left((a_i^{l-1})^2\right)^\top, \qquad
+    \mathbb{E}_{y_s}[\delta^L(y_s) \delta^L(y_s)^\top] = H_i, \]
+
+    with b_is^l the output error delta^L(y_s) of a target y_s drawn from the model's
+    predictive distribution, backpropagated to layer l (eq 96): ``samples`` backward
+    passes instead of n_L. Its mean over the batch is `diag_ggn_mc` with the same key.
+    Sampled and computed in at least float32, returned in the params' dtype.
+
+    Args:
+      key: a `jax.random` key for the targets.
+      params: a list of `Layer`.
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out), or integer class labels of shape (batch,); used for
+        shapes and checks, the targets are sampled.
+      samples: sampled targets per example, an int >= 1.
+      net: the `Network`.
+
+    Returns:
+      A list of `Layer`, one per layer, each leaf with a leading batch axis.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> estimate = fbp.curvature.batch_diag_ggn_mc(jax.random.key(1), params, xs, ys)
+      >>> [d.b.shape for d in estimate]
+      [(5, 4), (5, 2)]
+    """
+    core.check(net, params, xs, ys)
+    sample = _sampler(net, "batch_diag_ggn_mc", "batch_diag_ggn")
+    dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
+    cache = core.forward_pass(net, params, xs)
+    columns, weights = _sampled_columns(key, net, cache, samples, sample)
+    columns = _backpropagated(net, params, cache, columns)
+    return _cast(_per_example_diagonal(cache, weights, columns), dtype)
 
 
 class KFACFactors(NamedTuple):
@@ -299,13 +439,58 @@ def kfac_factors(
     core.check(net, params, xs, ys)
     dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
     cache, weights, columns = _factor_columns(net, params, xs, ys)
-    n = xs.shape[0]
-    factors = []
-    for b, a in zip(columns, cache.activations):
-        a_bar = jnp.concatenate([a, jnp.ones_like(a[:, :1])], axis=1)
-        g = jnp.einsum("ik,ikm,ikn->mn", weights, b, b) / n
-        factors.append(KFACFactors(a_bar.T @ a_bar / n, g))
-    return _cast(factors, dtype)
+    return _cast(_kfac(cache, weights, columns, xs.shape[0]), dtype)
+
+
+@check_values(key=check_key, xs=finite_array, ys=finite_array, samples=_samples)
+@jit_with_net(static=("samples",))
+def kfac_factors_mc(
+    key: Array,
+    params: Params,
+    xs: Array,
+    ys: Array,
+    *,
+    samples: int = 1,
+    net: Network = Network(),
+) -> list[KFACFactors]:
+    r"""The Kronecker factors (A, G) of every layer with G from sampled targets
+    (BackPACK's KFAC; `kfac_factors` is its exact KFLR): A as in `kfac_factors`, and
+
+    \[ G = \frac{1}{N} \sum_i \frac{1}{S} \sum_{s=1}^S g_{is} g_{is}^\top, \qquad
+    \mathbb{E}_{y_s}[\delta^L(y_s) \delta^L(y_s)^\top] = H_i, \]
+
+    with g_is the output error delta^L(y_s) of a target y_s drawn from the model's
+    predictive distribution (as in `diag_ggn_mc`), backpropagated to layer l (eq 96).
+    Each sample's G is an unbiased estimate of `kfac_factors`' G, from ``samples``
+    backward passes instead of n_L. Sampled and computed in at least float32, returned
+    in the params' dtype.
+
+    Args:
+      key: a `jax.random` key for the targets.
+      params: a list of `Layer`.
+      xs: shape (batch, n_in).
+      ys: shape (batch, n_out), or integer class labels of shape (batch,); used for
+        shapes and checks, the targets are sampled.
+      samples: sampled targets per example, an int >= 1.
+      net: the `Network`.
+
+    Returns:
+      A list of `KFACFactors`, one per layer, layer 1 first.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> factors = fbp.curvature.kfac_factors_mc(jax.random.key(1), params, xs, ys, samples=2)
+      >>> [(f.A.shape, f.G.shape) for f in factors]
+      [((4, 4), (4, 4)), ((5, 5), (2, 2))]
+    """
+    core.check(net, params, xs, ys)
+    sample = _sampler(net, "kfac_factors_mc", "kfac_factors")
+    dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
+    cache = core.forward_pass(net, params, xs)
+    columns, weights = _sampled_columns(key, net, cache, samples, sample)
+    columns = _backpropagated(net, params, cache, columns)
+    return _cast(_kfac(cache, weights, columns, xs.shape[0]), dtype)
 
 
 # A diagonal Gauss-Newton preconditioner for optax.

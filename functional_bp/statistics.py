@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from functional_bp import core
 from functional_bp._validation import check_values, finite_array
@@ -116,16 +117,28 @@ def grad_variance(
     return _cast(variance, dtype)
 
 
-@check_values(xs=finite_array, ys=finite_array)
-@jit_with_net
+def _bool(value, name: str) -> None:
+    """A `check_values` rule: a Python or NumPy bool (seen before jit, where 1 and True
+    would share a compiled program)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"Expected {name} to be a bool, got {type(value).__name__} {value!r} instead"
+        )
+
+
+@check_values(xs=finite_array, ys=finite_array, per_layer=_bool)
+@jit_with_net(static=("per_layer",))
 def batch_dot(
     params: Params,
     xs: Array,
     ys: Array,
     *,
+    per_layer: bool = False,
     net: Network = Network(),
 ) -> Array:
-    r"""The (N, N) matrix <g_i, g_j> over all parameters (BackPACK's BatchDotGrad).
+    r"""The (N, N) matrix <g_i, g_j> over all parameters (BackPACK's BatchDotGrad), or
+    with ``per_layer=True`` the (L, N, N) Gram matrices <g_i^l, g_j^l> of each layer's
+    parameters (w^l and b^l), whose sum over the layers is the former.
 
     <delta_i a_i^T, delta_j a_j^T>_F = (delta_i . delta_j)(a_i . a_j), and the biases add
     delta_i . delta_j: per layer (D D^T) ⊙ (A A^T + 1), summed over the layers:
@@ -134,10 +147,15 @@ def batch_dot(
     (a_i^{l-1} \cdot a_j^{l-1} + 1), \qquad \text{i.e.} \quad \sum_l (D^l D^{l\top})
     \odot (A^{l-1} A^{l-1\top} + 1). \]
 
+    Per layer, \( \langle g_i^l, g_j^l \rangle = (\delta_i^l \cdot \delta_j^l)
+    (a_i^{l-1} \cdot a_j^{l-1} + 1) \).
+
     Args:
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
+      per_layer: a bool: False (the default) for the (N, N) sum over the layers, True
+        for the (L, N, N) stack of the layers' Gram matrices, layer 1 first.
       net: the `Network`.
 
     Examples:
@@ -145,12 +163,16 @@ def batch_dot(
       >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
       >>> fbp.statistics.batch_dot(params, xs, ys).shape
       (5, 5)
+      >>> fbp.statistics.batch_dot(params, xs, ys, per_layer=True).shape
+      (2, 5, 5)
     """
     core.check(net, params, xs, ys)
     dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
     result = core.backprop_batch(net, params, xs, ys)
-    gram = sum((d @ d.T) * (a @ a.T + 1) for d, a in zip(result.deltas, result.cache.activations))
-    return gram.astype(dtype)
+    grams = [(d @ d.T) * (a @ a.T + 1) for d, a in zip(result.deltas, result.cache.activations)]
+    if per_layer:
+        return jnp.stack(grams).astype(dtype)
+    return sum(grams).astype(dtype)
 
 
 class NoiseScale(NamedTuple):

@@ -18,7 +18,8 @@ every case to one tiny problem whichever the table. The full tables, as (sizes, 
     per_example         the first 3 above                  [784,1024,1024,10] 1024,
                                                              [784,4096,4096,10] 256
     per_example_norms,  [784,1024,1024,10] 256             [784,1024,1024,10] 1024
-      statistics
+      statistics,
+      curvature_batch
     epoch               [784,30,10] 10, 50,000 examples    [784,1024,1024,10] 1024, 65,536
                           (NumPy timed on 10,000)            examples (NumPy timed on 256)
     many_runs           [784,30,10] 10, 50,000 ex.,        [784,30,10] 10, 50,000 ex.,
@@ -830,6 +831,154 @@ def case_statistics(scale):
     return dict(sizes=sizes, batch=batch, grad_s=t["grad"], grad_mb=memory["grad"], rows=rows)
 
 
+def case_curvature_batch(scale):
+    """Per-example and sampled curvature against one `grad` in one run (targets:
+    batch_diag_ggn_mc and kfac_factors_mc, one sample, <= 2x grad), and batch_diag_ggn
+    against its autodiff route at the same size: one example's GGN diagonal from
+    jax.jacobian and jax.hessian, vmapped over chunks of 16 examples (`jax.lax.map`), so
+    that the per-example Jacobians (16 x n_L x params) fit."""
+    sizes, batch = scale.large
+    params, xs, ys = problem(sizes, batch)
+    net, key = STATS_NET, jax.random.key(1)
+
+    def logits(p, x):
+        return fbp.forward(p, x, net=net)[1].zs[-1]
+
+    def ggn_one(p, x, y):
+        jac = jax.jacobian(logits)(p, x)  # leaves (n_L, *leaf shape)
+        z = logits(p, x)
+        hessian = jax.hessian(lambda z: -jnp.sum(y * jax.nn.log_softmax(z)))(z)
+        lam, vectors = jnp.linalg.eigh(hessian)
+        return jax.tree.map(
+            lambda j: jnp.einsum("k,k...->...", lam, jnp.tensordot(vectors.T, j, 1) ** 2), jac
+        )
+
+    def autodiff(p, x, y):
+        return jax.lax.map(lambda xy: ggn_one(p, *xy), (x, y), batch_size=min(16, batch))
+
+    library = {
+        "batch_diag_ggn_mc (1 sample)": lambda p, x, y: curvature.batch_diag_ggn_mc(
+            key, p, x, y, net=net
+        ),
+        "kfac_factors_mc (1 sample)": lambda p, x, y: curvature.kfac_factors_mc(
+            key, p, x, y, net=net
+        ),
+        "batch_diag_ggn": lambda p, x, y: curvature.batch_diag_ggn(p, x, y, net=net),
+    }
+    targets = {"batch_diag_ggn_mc (1 sample)": 2.0, "kfac_factors_mc (1 sample)": 2.0}
+    grad = lambda p, x, y: fbp.grad(p, x, y, net=net)  # noqa: E731
+    # Each against `grad` in its own group: the per-example diagonals write batch x params
+    # floats (1.8 GiB at [784, 1024, 1024, 10] batch 256), which slows whatever runs next.
+    t, grad_s = {}, {}
+    for group in (
+        ["kfac_factors_mc (1 sample)"],
+        ["batch_diag_ggn_mc (1 sample)", "batch_diag_ggn"],
+    ):
+        contenders = {"grad": grad, **{k: jax.jit(library[k]) for k in group}}
+        times = timed(
+            {k: (lambda f=f: f(params, xs, ys)) for k, f in contenders.items()},
+            scale=scale,
+            repeats=scale.repeats(full=9, quick=3),
+            warmup=1,
+        )
+        t.update({k: times[k] for k in group})
+        grad_s.update({k: times["grad"] for k in group})
+    # Apart: the autodiff route moves gigabytes, which slows whatever runs next.
+    autodiff = jax.jit(autodiff)
+    t.update(
+        timed(
+            {"batch_diag_ggn (autodiff)": lambda: autodiff(params, xs, ys)},
+            scale=scale,
+            repeats=scale.repeats(full=3, quick=3),
+            warmup=1,
+        )
+    )
+    rows = []
+    for name in library:
+        rows.append(
+            dict(
+                name=name, seconds=t[name], vs_grad=t[name] / grad_s[name], target=targets.get(name)
+            )
+        )
+        target = f" (target <= {targets[name]:g}x)" if name in targets else ""
+        print(
+            f"curvature_batch {sizes} batch {batch}: {name}: {rows[-1]['vs_grad']:.2f}x grad"
+            f"{target}",
+            flush=True,
+        )
+    route = dict(
+        sizes=sizes,
+        batch=batch,
+        chunk=min(16, batch),
+        seconds=t["batch_diag_ggn (autodiff)"],
+        vs_grad=t["batch_diag_ggn (autodiff)"] / grad_s["batch_diag_ggn"],
+        speedup=t["batch_diag_ggn (autodiff)"] / t["batch_diag_ggn"],
+    )
+    print(
+        f"curvature_batch {sizes} batch {batch}: batch_diag_ggn (autodiff, jax.jacobian in "
+        f"chunks of {route['chunk']}): {route['vs_grad']:.2f}x grad, "
+        f"{route['speedup']:.1f}x slower than batch_diag_ggn",
+        flush=True,
+    )
+    return dict(
+        sizes=sizes, batch=batch, grad_s=grad_s["batch_diag_ggn"], rows=rows, autodiff=route
+    )
+
+
+SECOND_ORDER_DIAG_WIDTH = 256  # diag_hessian's per-example (n_l, n_l) matrices, capped
+
+
+def case_second_order(scale):
+    """Second order against one `grad` in one run, at the size of the statistics: G v
+    (`ggn_vector_product`, target <= 2x grad), H v (`hessian_vector_product` against
+    `jax.jvp(jax.grad(loss))`, target <= 1x), and `diag_hessian` at hidden widths
+    capped at SECOND_ORDER_DIAG_WIDTH (its per-example Hessians in z^l are batch x n_l^2
+    and cost batch x n_l^2 n_{l+1} each), against a `grad` of that size."""
+    from functional_bp import curvature as second_order
+
+    sizes, batch = scale.large
+    params, xs, ys = problem(sizes, batch)
+    v = problem(sizes, batch, seed=4)[0]
+    net = STATS_NET
+    diag_sizes = sizes[:1] + [min(n, SECOND_ORDER_DIAG_WIDTH) for n in sizes[1:-1]] + sizes[-1:]
+    d_params, d_xs, d_ys = problem(diag_sizes, batch)
+
+    def autodiff_hvp(p, v, x, y):
+        return jax.jvp(lambda q: jax.grad(fbp.loss)(q, x, y, net=net), (p,), (v,))[1]
+
+    autodiff_hvp = jax.jit(autodiff_hvp)
+    contenders = {
+        "grad": lambda: fbp.grad(params, xs, ys, net=net),
+        "ggn_vector_product": lambda: second_order.ggn_vector_product(params, v, xs, ys, net=net),
+        "hessian_vector_product": lambda: second_order.hessian_vector_product(
+            params, v, xs, ys, net=net
+        ),
+        "jvp(jax.grad(loss))": lambda: autodiff_hvp(params, v, xs, ys),
+        "grad (diag sizes)": lambda: fbp.grad(d_params, d_xs, d_ys, net=net),
+        "diag_hessian (diag sizes)": lambda: second_order.diag_hessian(
+            d_params, d_xs, d_ys, net=net
+        ),
+    }
+    t = timed(contenders, scale, repeats=scale.repeats(full=9, quick=3), warmup=1)
+    row = dict(
+        sizes=sizes,
+        batch=batch,
+        diag_sizes=diag_sizes,
+        seconds=t,
+        ggn_over_grad=t["ggn_vector_product"] / t["grad"],
+        hvp_over_autodiff=t["hessian_vector_product"] / t["jvp(jax.grad(loss))"],
+        diag_hessian_over_grad=t["diag_hessian (diag sizes)"] / t["grad (diag sizes)"],
+    )
+    print(
+        f"second_order {sizes} batch {batch}: ggn_vector_product / grad "
+        f"{row['ggn_over_grad']:.2f} (target <= 2); hessian_vector_product / "
+        f"jvp(jax.grad(loss)) {row['hvp_over_autodiff']:.2f} (target <= 1); "
+        f"diag_hessian / grad at {diag_sizes} {row['diag_hessian_over_grad']:.2f}",
+        flush=True,
+    )
+    return row
+
+
 def case_compile(scale):
     rows = []
     for sizes, batch in scale.sizes[:3]:
@@ -1083,9 +1232,11 @@ CASES = (
     "epoch",
     "per_example_norms",
     "statistics",
+    "curvature_batch",
     "many_runs",
     "feedback",
     "privacy",
+    "second_order",
 )
 
 
@@ -1134,9 +1285,11 @@ def main(argv=None):
         "epoch": lambda: case_epoch(scale, gemm),
         "per_example_norms": lambda: case_per_example_norms(scale),
         "statistics": lambda: case_statistics(scale),
+        "curvature_batch": lambda: case_curvature_batch(scale),
         "many_runs": lambda: case_many_runs(scale, gemm),
         "feedback": lambda: case_feedback(scale),
         "privacy": lambda: case_privacy(scale),
+        "second_order": lambda: case_second_order(scale),
     }
     if args.only:
         for name in args.only:

@@ -80,6 +80,18 @@ CASES = {
         (PARAMS, XS, YS),
     ),
     "kfac_factors": (curvature.kfac_factors, (PARAMS, XS, YS)),
+    "batch_diag_ggn": (curvature.batch_diag_ggn, (PARAMS, XS, YS)),
+    "batch_diag_ggn_mc": (
+        lambda p, x, y: curvature.batch_diag_ggn_mc(KEY, p, x, y, samples=2, net=SOFTMAX),
+        (PARAMS, XS, YS),
+    ),
+    "kfac_factors_mc": (
+        lambda p, x, y: curvature.kfac_factors_mc(KEY, p, x, y, samples=2, net=SOFTMAX),
+        (PARAMS, XS, YS),
+    ),
+    "ggn_vector_product": (curvature.ggn_vector_product, (PARAMS, PARAMS, XS, YS)),
+    "hessian_vector_product": (curvature.hessian_vector_product, (PARAMS, PARAMS, XS, YS)),
+    "diag_hessian": (curvature.diag_hessian, (PARAMS, XS, YS)),
     "sum_grad_squared": (fbp.statistics.sum_grad_squared, (PARAMS, XS, YS)),
     "grad_variance": (fbp.statistics.grad_variance, (PARAMS, XS, YS)),
     "batch_dot": (fbp.statistics.batch_dot, (PARAMS, XS, YS)),
