@@ -12,6 +12,7 @@ equations it is built from, the gradient check, and network.py's `sgd_step` and
 - `functional_bp.privacy`: privacy accounting (epsilon of a run), Poisson-sampled epochs.
 - `functional_bp.statistics`: per-example gradient statistics (variance, noise scale).
 - `functional_bp.curvature`: Gauss-Newton diagonal, Kronecker factors, a GGN optimizer.
+- `functional_bp.laplace`: Laplace approximations of the posterior from that curvature.
 - `functional_bp.feedback`: feedback alignment and other learning rules.
 - `functional_bp.training`: training as gradient x update x loop; many runs at once.
 - `functional_bp.parallel`: data parallelism on meshes and several processes.
@@ -29,6 +30,7 @@ from functional_bp import (
     diagnostics,
     feedback,
     io,
+    laplace,
     parallel,
     per_example,
     privacy,

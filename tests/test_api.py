@@ -28,6 +28,7 @@ FAMILIES = [
     "timing",
     "chain_rule",
     "privacy",
+    "laplace",
 ]
 
 

@@ -22,6 +22,7 @@ NAMESPACES = [
     "functional_bp.feedback",
     "functional_bp.gradcheck",
     "functional_bp.parallel",
+    "functional_bp.laplace",
     "functional_bp.per_example",
     "functional_bp.privacy",
     "functional_bp.statistics",
