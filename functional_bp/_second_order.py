@@ -174,7 +174,10 @@ def _output_hessian(net: Network, z_L: Array, y: Array) -> Array:
 
 
 def _second_derivative(activation, z: Array) -> Array:
-    """sigma''(z) of an elementwise sigma: `jax.jvp` of the Activation's derivative."""
+    """sigma''(z) of an elementwise sigma: the Activation's own ``second_derivative``,
+    or `jax.jvp` of its derivative."""
+    if activation.second_derivative is not None:
+        return activation.second_derivative(z)
 
     def prime(u):
         return activation.prime(u, activation.fn(u))
@@ -252,9 +255,10 @@ def diag_hessian(params: Params, xs: Array, ys: Array, *, net: Network = Network
     the GGN part plus the residual of sigma'' weighted by the backpropagated error.
     For an elementwise sigma J_sigma scales rows and columns by sigma'(z^l) and the
     residual is diag(((w^{l+1})^T delta^{l+1}) sigma''(z^l)); a sigma that mixes neurons
-    (softmax) acts through its backward (its VJP). An `Activation` carries no second
-    derivative: sigma'' comes from JAX, `jax.jvp` of ``derivative`` for an elementwise
-    sigma, `jax.jacfwd` of ``vjp`` for one that mixes neurons. The H_{z^l} of layers
+    (softmax) acts through its backward (its VJP). sigma'' is the `Activation`'s own
+    ``second_derivative`` when it has one; otherwise it comes from JAX, `jax.jvp` of
+    ``derivative`` for an elementwise sigma, `jax.jacfwd` of ``vjp`` for one that mixes
+    neurons. The H_{z^l} of layers
     2..L-1 are full (n_l, n_l) matrices per example (layer 1's only its diagonal):
     memory O(N n_l^2), time O(N sum_l n_l n_{l+1} (n_l + n_{l+1})); use it for
     moderate widths (at [784, 256, 256, 10], batch 256, tens of gradients on a CPU).

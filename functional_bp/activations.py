@@ -53,6 +53,9 @@ class Activation(NamedTuple):
       name: shown in messages and tables.
       vjp: optional ``vjp(z, a, g)``: (J_sigma(z))^T g for a non-elementwise sigma.
         Used instead of ``derivative`` when given.
+      second_derivative: optional sigma''(z), elementwise, of z, shape (n,): used by
+        `functional_bp.curvature.diag_hessian`; without it JAX differentiates
+        ``derivative``.
 
     Examples:
       >>> softplus = Activation(jax.nn.softplus, jax.nn.sigmoid, name="softplus")
@@ -66,6 +69,7 @@ class Activation(NamedTuple):
     derivative_of_output: bool = False
     name: str = "custom"
     vjp: Optional[Callable[[Array, Array, Array], Array]] = None
+    second_derivative: Optional[Callable[[Array], Array]] = None
 
     def prime(self, z: Array, a: Array) -> Array:
         """sigma'(z), from z or from the stored a = sigma(z) (elementwise sigma only).

@@ -173,3 +173,25 @@ def test_under_the_callers_jit_and_vmap():
             diag_hessian(params, groups[0][i], groups[1][i], net=net),
             rtol=1e-12,
         )
+
+
+def test_an_activations_own_second_derivative_is_used():
+    """softplus with sigma'' given: diag_hessian equals jax.hessian's diagonal; with a wrong
+    sigma'' it does not (the given one is used, not JAX's)."""
+    params, xs, ys = random_problem(31, batch=4, sizes=[3, 5, 4, 3])
+    flat, unravel = ravel_pytree(params)
+
+    def softplus(second):
+        return fbp.Activation(
+            jax.nn.softplus, jax.nn.sigmoid, name="softplus", second_derivative=second
+        )
+
+    exact = softplus(lambda z: jax.nn.sigmoid(z) * (1 - jax.nn.sigmoid(z)))
+    net = fbp.Network(activation=exact, output_activation="sigmoid", cost="quadratic")
+    hessian = jax.hessian(lambda f: fbp.loss(unravel(f), xs, ys, net=net))(flat)
+    got = diag_hessian(params, xs, ys, net=net)
+    assert_tree_close(got, unravel(jnp.diag(hessian)), rtol=1e-10)
+    wrong = fbp.Network(
+        activation=softplus(jnp.zeros_like), output_activation="sigmoid", cost="quadratic"
+    )
+    assert not np.allclose(diag_hessian(params, xs, ys, net=wrong)[0].w, got[0].w)
