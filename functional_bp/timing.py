@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 
-__all__ = ["interleaved_medians"]
+__all__ = ["gemm_rate", "interleaved_medians"]
 
 
 def interleaved_medians(
@@ -57,3 +58,23 @@ def interleaved_medians(
                     break
             samples[name].append(elapsed / calls)
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def gemm_rate(n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a float32 n x n matmul under `jax.jit` on the default device, the best of
+    ``repeats`` calls after one to compile: the machine's speed, reported beside absolute
+    times (machines of one kind differ by up to 8x in it).
+
+    Examples:
+      >>> fbp.timing.gemm_rate(64, repeats=1) > 0
+      True
+    """
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(matmul(a))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a))
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9

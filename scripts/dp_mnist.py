@@ -21,29 +21,14 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
-from functional_bp import runs
+from functional_bp import runs, timing
 
 TARGETS = (0.5, 2.0, 8.0)
 DELTA = 1e-5
 # Abadi et al. 2016, "Deep Learning with Differential Privacy", MNIST test accuracy at
 # (epsilon, delta = 1e-5): 90 %, 95 %, 97 % (PCA-60 input, 1000 relu units, lot 600).
 ABADI = {0.5: 0.90, 2.0: 0.95, 8.0: 0.97}
-
-
-def gemm_rate(n: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of a float32 n x n `jnp` matmul under `jax.jit` on the default device, the
-    best of ``repeats`` calls after one to compile."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    matmul = jax.jit(lambda a: a @ a)
-    jax.block_until_ready(matmul(a))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(matmul(a))
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
 
 
 def machine() -> dict:
@@ -162,7 +147,7 @@ def main(argv=None) -> int:
         setting = runs.privacy_setting(config)
         print(f"epsilon {config.target_epsilon:g}: sigma {setting.noise_multiplier:.4f}")
     gemm_n = 2048
-    gemm = gemm_rate(gemm_n)
+    gemm = timing.gemm_rate(gemm_n)
     print(f"GEMM rate: {gemm:.1f} GFLOP/s (float32 {gemm_n}^2)", flush=True)
     data = runs.load(common)
     records, table = {}, []

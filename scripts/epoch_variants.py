@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 import functional_bp as fbp
+from functional_bp import timing
 from functional_bp.timing import interleaved_medians
 
 SIZES, BATCH, ETA, UNROLL = [784, 30, 10], 10, 3.0, 4
@@ -70,12 +71,6 @@ def ops_per_step(lowered, steps_per_iteration: int, trip_count: int) -> tuple[fl
     return sum(counts.values()) / steps_per_iteration, dict(counts)
 
 
-def gemm_rate(n=2048):
-    a = jax.random.normal(jax.random.key(0), (n, n))
-    matmul = jax.jit(lambda a: a @ a)
-    return 2 * n**3 / interleaved_medians({"g": lambda: matmul(a)}, repeats=5)["g"] / 1e9
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=50_000)
@@ -98,7 +93,7 @@ def main(argv=None) -> int:
     ops = {
         name: ops_per_step(f.lower(key, params, xs, ys), UNROLL, trip) for name, f in jitted.items()
     }
-    gemm = gemm_rate()
+    gemm = timing.gemm_rate()
     times = interleaved_medians(
         {name: (lambda f=f: f(key, params, xs, ys)) for name, f in jitted.items()},
         repeats=7,

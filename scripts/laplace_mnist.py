@@ -29,27 +29,13 @@ import optax
 from scipy import ndimage
 
 import functional_bp as fbp
-from functional_bp import laplace, training
+from functional_bp import laplace, timing, training
 from functional_bp.runs import write_json
 
 NET = fbp.Network("relu", "softmax", "log_likelihood")
 SIZES = [784, 100, 10]
 ANGLES = (15, 30, 45, 60, 75, 90)
 BINS = 15
-
-
-def gemm_rate(n: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of a float32 n x n `jnp` matmul under `jax.jit`, the best of ``repeats``
-    calls after one to compile."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    matmul = jax.jit(lambda a: a @ a)
-    jax.block_until_ready(matmul(a))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(matmul(a))
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
 
 
 def machine() -> dict:
@@ -109,7 +95,7 @@ def main(argv=None) -> int:
     shown = ["--data-dir=$MNIST" if a.startswith("--data-dir=") else a for a in shown]
     command = " ".join(["python scripts/laplace_mnist.py", *shown])
     started = time.perf_counter()
-    gemm = gemm_rate()
+    gemm = timing.gemm_rate()
     print(f"GEMM rate: {gemm:.1f} GFLOP/s (float32 2048^2)", flush=True)
 
     train, validation, test = fbp.data.load_mnist(args.data_dir)

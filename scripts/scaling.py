@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import functional_bp as fbp
-from functional_bp import curvature, per_example
+from functional_bp import curvature, per_example, timing
 
 NET = fbp.Network(activation="relu", output_activation="softmax", cost="log_likelihood")
 GIB = 2**30
@@ -130,21 +130,6 @@ def times(points: list[tuple[int, int]], methods: list[str], repeats: int) -> di
     return out
 
 
-def gemm_rate(n: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s of a float32 n x n matmul under jax.jit, on the default device."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
-    jax.block_until_ready(matmul(a, a))
-    best = min(_timed(matmul, a) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
-
-
-def _timed(fn, a) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(fn(a, a))
-    return time.perf_counter() - start
-
-
 def slope(xs, ys) -> float:
     """Least-squares slope of log y on log x."""
     return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
@@ -189,7 +174,7 @@ def main(argv=None) -> int:
     if args.smoke:
         batches, widths, limit_widths, fixed_width, fixed_batch = [4, 8], [8, 16], [16], 8, 8
         args.repeats = 1
-    gemm = gemm_rate()
+    gemm = timing.gemm_rate()
     print(f"GEMM rate: {gemm:.1f} GFLOP/s", flush=True)
 
     sweeps = {
