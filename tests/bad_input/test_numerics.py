@@ -321,6 +321,24 @@ HALF_RUNS = {
         False,
     ),
     "CurvatureTransformation": (_curvature_transformation, True),
+    "batch_diag_ggn": (lambda p, x, y: curvature.batch_diag_ggn(p, x, y, net=NET), True),
+    "batch_diag_ggn_mc": (
+        lambda p, x, y: curvature.batch_diag_ggn_mc(jax.random.key(1), p, x, y, samples=3, net=NET),
+        True,
+    ),
+    "kfac_factors_mc": (
+        lambda p, x, y: curvature.kfac_factors_mc(jax.random.key(1), p, x, y, samples=3, net=NET),
+        True,
+    ),
+    "ggn_vector_product": (
+        lambda p, x, y: curvature.ggn_vector_product(p, p, x, y, net=NET),
+        True,
+    ),
+    "hessian_vector_product": (
+        lambda p, x, y: curvature.hessian_vector_product(p, p, x, y, net=NET),
+        True,
+    ),
+    "diag_hessian": (lambda p, x, y: curvature.diag_hessian(p, x, y, net=NET), True),
     "sum_grad_squared": (lambda p, x, y: statistics.sum_grad_squared(p, x, y, net=NET), True),
     "grad_variance": (lambda p, x, y: statistics.grad_variance(p, x, y, net=NET), True),
     "batch_dot": (lambda p, x, y: statistics.batch_dot(p, x, y, net=NET), True),
