@@ -31,23 +31,20 @@ plain `train_step` with `optax.sgd`), for the same clipped pass and these draws:
 | per leaf, a derived ``"unsafe_rbg"`` key | 3.38-3.54 |
 | Box-Muller from threefry uniforms | 3.90-4.24 |
 | per leaf, a derived ``"philox2x32"`` / ``"philox4x32"`` key | 1.36-1.39 |
-| per leaf, a derived ``"threefry4x32"`` key (kept) | 1.32-1.38 |
+| per leaf, a derived ``"threefry4x32"`` key | 1.32-1.38 |
 
-The threefry4x32 draw is kept: the fastest measured, a counter-based generator of the
-same family as JAX's default (Salmon et al. 2011, passes BigCrush), exact under
-`jax.vmap` (so `training.many` runs equal separate runs) and identical across devices,
-unlike rbg and unsafe_rbg (JAX documents that under vmap they draw a whole batch from
-the first key, and that their outputs were never put through BigCrush; on a CPU they are
-also the slowest). Each step's key gives four words (`jax.random.bits`) that become the
-threefry4x32 key, split once per leaf; the draw is in the params' dtype. Where a JAX
-has no threefry4x32, the step's key is used as it is. What remains above 1.0x is the
-cost of the Gaussian itself (the inverse error function on 1.86 M uniforms): on this CPU
-the 1.3x target is met only at the low end of the measured range.
+The draw is JAX's default, `jax.random.normal` per leaf from the step's key, split once
+per leaf, in the params' dtype: within the noise of the fastest measured (threefry4x32,
+a few per cent faster in these loaded runs), exact under `jax.vmap` (so
+`training.many` runs equal separate runs) and identical across devices, unlike rbg and
+unsafe_rbg (JAX documents that under vmap they draw a whole batch from the first key,
+and that their outputs were never put through BigCrush; on a CPU they are also the
+slowest). What remains above 1.0x is the cost of the Gaussian itself (the inverse error
+function on 1.86 M uniforms).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple, Optional
 
 import jax
@@ -211,29 +208,16 @@ def _clipped_mean(
     return core.summed_gradients(weighted, record.cache)
 
 
-@functools.cache
-def _noise_impl() -> Optional[str]:
-    """ "threefry4x32" where this JAX has it (the fastest measured draw), else None."""
-    try:
-        jax.eval_shape(lambda: jax.random.key(0, impl="threefry4x32"))
-    except (ValueError, TypeError, KeyError):
-        return None
-    return "threefry4x32"
-
-
 def gaussian_like(key: Array, tree):
     r"""Standard normal noise of the structure, shapes and dtypes of ``tree``'s leaves,
-    \( \mathcal{N}(0, I) \): one independent draw per leaf from ``key``, through a
-    threefry4x32 key derived from it (the fastest draw measured; see the module's notes).
+    \( \mathcal{N}(0, I) \): one independent draw per leaf from ``key`` (JAX's default
+    generator; the module's notes compare the others).
 
     Examples:
       >>> noise = fbp.per_example.gaussian_like(jax.random.key(0), [jnp.zeros((2, 3), jnp.float32)])
       >>> noise[0].shape, noise[0].dtype
       ((2, 3), dtype('float32'))
     """
-    impl = _noise_impl()
-    if impl is not None:
-        key = jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl=impl)
     leaves, treedef = jax.tree.flatten(tree)
     keys = jax.random.split(key, len(leaves))
     noise = [jax.random.normal(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys)]
