@@ -1,3 +1,4 @@
+import gc
 import sys
 
 import chex
@@ -172,3 +173,13 @@ def interruptible_module(module: str) -> list[str]:
         "alter_sys=True)"
     )
     return [sys.executable, "-c", code]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test module, drop JAX's compiled programs. XLA's CPU backend maps a few
+    memory regions per program, and a worker that keeps the thousands this suite compiles
+    reaches the kernel's limit of 65,530 maps and crashes (a segfault in compilation)."""
+    yield
+    jax.clear_caches()
+    gc.collect()
