@@ -265,16 +265,21 @@ def _sampler(net: Network, function: str = "diag_ggn_mc", exact: str = "diag_ggn
     )
 
 
-def _sampled_columns(key: Array, net: Network, cache: core.Cache, samples: int, sample):
-    """The output errors delta^L(y_s) of ``samples`` targets drawn per example from the
-    model, (batch, samples, n_L), and their weights 1/samples, (batch, samples)."""
+def _sampled_factor_columns(
+    key: Array, net: Network, params: Params, xs: Array, samples: int, sample
+):
+    """`_factor_columns` with sampled targets: the forward cache, the weights 1/samples
+    (batch, samples) and the backpropagated output errors delta^L(y_s) of ``samples``
+    targets drawn per example from the model."""
+    cache = core.forward_pass(net, params, xs)
     z_L, a_L = cache.zs[-1], cache.activations[-1]
     n = z_L.shape[0]
     keys = jax.random.split(key, (n, samples))
     targets = jax.vmap(jax.vmap(sample, in_axes=(0, None, None)))(keys, z_L, a_L)
     error = functools.partial(output_error, net=net)
     columns = jax.vmap(jax.vmap(error, in_axes=(None, None, 0)))(z_L, a_L, targets)
-    return columns, jnp.full((n, samples), 1 / samples, z_L.dtype)
+    weights = jnp.full((n, samples), 1 / samples, z_L.dtype)
+    return cache, weights, _backpropagated(net, params, cache, columns)
 
 
 @check_values(xs=finite_array, ys=finite_array)
@@ -321,10 +326,8 @@ def diag_ggn_mc(
     samples = check_int(samples, "samples")
     sample = _sampler(net)
     dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
-    cache = core.forward_pass(net, params, xs)
-    columns, weights = _sampled_columns(key, net, cache, samples, sample)
-    diagonal = _diagonal(cache, weights, _backpropagated(net, params, cache, columns), xs.shape[0])
-    return _cast(diagonal, dtype)
+    cache, weights, columns = _sampled_factor_columns(key, net, params, xs, samples, sample)
+    return _cast(_diagonal(cache, weights, columns, xs.shape[0]), dtype)
 
 
 @check_values(key=check_key, xs=finite_array, ys=finite_array, samples=_samples)
@@ -372,9 +375,7 @@ def batch_diag_ggn_mc(
     core.check(net, params, xs, ys)
     sample = _sampler(net, "batch_diag_ggn_mc", "batch_diag_ggn")
     dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
-    cache = core.forward_pass(net, params, xs)
-    columns, weights = _sampled_columns(key, net, cache, samples, sample)
-    columns = _backpropagated(net, params, cache, columns)
+    cache, weights, columns = _sampled_factor_columns(key, net, params, xs, samples, sample)
     return _cast(_per_example_diagonal(cache, weights, columns), dtype)
 
 
@@ -487,9 +488,7 @@ def kfac_factors_mc(
     core.check(net, params, xs, ys)
     sample = _sampler(net, "kfac_factors_mc", "kfac_factors")
     dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
-    cache = core.forward_pass(net, params, xs)
-    columns, weights = _sampled_columns(key, net, cache, samples, sample)
-    columns = _backpropagated(net, params, cache, columns)
+    cache, weights, columns = _sampled_factor_columns(key, net, params, xs, samples, sample)
     return _cast(_kfac(cache, weights, columns, xs.shape[0]), dtype)
 
 
