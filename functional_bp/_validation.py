@@ -92,14 +92,19 @@ def check_data(sizes: list[int], x: Any, y: Any | None, *, batched: bool | None)
             f"got {x_shape} instead"
         )
     check_float_dtype(jnp.result_type(x), "x")
-    if y is None:
-        return
+    if y is not None:
+        check_targets(y, x_shape[:-1], n_out, x_shape)
+
+
+def check_targets(y: Any, lead: tuple, n_out: int, x_shape: tuple) -> None:
+    """y as targets for examples of leading shape ``lead`` (() for one example): one-hot
+    or real of shape lead + (n_out,), or integer class labels of shape ``lead``."""
     if not hasattr(y, "shape"):
         raise TypeError(f"Expected y to be an array, got {type(y).__name__} instead")
     y_shape = np.shape(y)
-    expected = x_shape[:-1] + (n_out,)
+    expected = tuple(lead) + (n_out,)
     if jnp.issubdtype(jnp.result_type(y), jnp.integer):
-        check_labels(y, x_shape[:-1], n_out, expected)
+        check_labels(y, tuple(lead), n_out, expected)
         return
     if y_shape != expected:
         raise ValueError(
@@ -197,6 +202,12 @@ def check_key(key: Any, name: str = "key") -> None:
         f"Expected {name} to be a jax.random key (jax.random.key(0) or "
         f"jax.random.PRNGKey(0)), got {got} instead"
     )
+
+
+def optional_key(key: Any, name: str = "key") -> None:
+    """`check_key` unless ``key`` is None."""
+    if key is not None:
+        check_key(key, name)
 
 
 def check_nonempty(x: Any, name: str = "xs") -> None:

@@ -23,22 +23,42 @@ Core functions take ``net`` first and run inside your trace: they check nothing
 
 Layer types. A layer type provides the three steps of the documents' derivation
 (`LayerType`): its forward map, its transport of the error (eq 96's (w^{l+1})^T
-delta^{l+1}), and its parameter gradient (eq 99). `Dense` is the first implementation,
-and the only one the core uses today.
+delta^{l+1}), and its parameter gradient (eq 99). A dense-only network runs `Dense`'s,
+one example at a time under `jax.vmap`; a network with ``layers``
+(`functional_bp.layers`) runs each layer type's on the whole batch, and its `Cache`
+also holds what pooling and dropout need on the way back (``stages``). ``deltas`` and
+``cache.activations`` keep one meaning for both: delta^l of each layer with weights,
+and the input of each (then a^L). A function written for dense layers only calls
+``check(..., layered=False)``, which refuses convolution, pooling and dropout by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from functional_bp._validation import check_data, check_nonempty, check_params
-from functional_bp.equations import hidden_error, layer_gradient, output_error, weighted_error
+from functional_bp._validation import (
+    check_data,
+    check_float_dtype,
+    check_nonempty,
+    check_params,
+    check_targets,
+)
+from functional_bp.equations import hidden_error, output_error
+from functional_bp.layers import (
+    Dense,
+    Dropout,
+    Flatten,
+    check_layered_params,
+    describe,
+    shapes,
+)
 from functional_bp.network import Network, check_contracts, check_network
 from functional_bp.params import Layer, Params
 
@@ -60,7 +80,9 @@ __all__ = [
     "hidden_errors",
     "mean_cost",
     "mean_value_and_grad",
+    "input_error",
     "output_errors",
+    "per_example_gradients",
     "summed_gradients",
     "targets",
     "working_precision",
@@ -72,7 +94,7 @@ class LayerType(Protocol):
 
     - ``forward(layer, a_prev)``: z^l from a^{l-1} (001 notes eq 1; chapter 10 eq 77),
       for a dense layer \(z^l = w^l a^{l-1} + b^l\).
-    - ``transport(weights, delta_next)``: dC/da^l from delta^{l+1}, the (w^{l+1})^T
+    - ``transport(weights, delta_next, a)``: dC/da^l from delta^{l+1}, the (w^{l+1})^T
       delta^{l+1} of eq 96 (001 notes eq 8), \(\nabla_{a^l} C = (w^{l+1})^T
       \delta^{l+1}\); delta^l is this ⊙ sigma'(z^l). A learning rule
       (`functional_bp.feedback`) passes other ``weights``.
@@ -87,40 +109,23 @@ class LayerType(Protocol):
 
     def forward(self, layer: Layer, a_prev: Array) -> Array: ...
 
-    def transport(self, weights: Array, delta_next: Array) -> Array: ...
+    def transport(self, weights: Array, delta_next: Array, a: Array) -> Array: ...
 
     def gradient(self, delta: Array, a_prev: Array) -> Layer: ...
-
-
-class Dense:
-    r"""The fully connected layer: z = w a + b, transport (w^{l+1})^T delta^{l+1}
-    (`weighted_error`), gradient delta (a^{l-1})^T (`layer_gradient`).
-
-    \[ z^l = w^l a^{l-1} + b^l, \qquad \nabla_{a^l} C = (w^{l+1})^T \delta^{l+1},
-    \qquad \frac{\partial C}{\partial w^l} = \delta^l (a^{l-1})^T \]
-
-    Examples:
-      >>> layer = Layer(jnp.ones((2, 3)), jnp.zeros(2))
-      >>> fbp.core.Dense.forward(layer, jnp.ones(3)).shape
-      (2,)
-      >>> fbp.core.Dense.gradient(jnp.ones(2), jnp.ones(3)).w.shape
-      (2, 3)
-    """
-
-    @staticmethod
-    def forward(layer: Layer, a_prev: Array) -> Array:
-        return layer.w @ a_prev + layer.b  # z_j = sum_k w_jk a_k + b_j
-
-    transport = staticmethod(weighted_error)
-    gradient = staticmethod(layer_gradient)
 
 
 class Cache(NamedTuple):
     """What the backward pass needs, layer by layer (network.py's ``zs``, ``activations``).
 
     Attributes:
-      zs: [z^1, ..., z^L], the weighted inputs (the chapter's h^(l)).
-      activations: [a^0 = x, a^1, ..., a^L].
+      zs: [z^1, ..., z^L], the weighted inputs (the chapter's h^(l)) of the layers with
+        weights.
+      activations: [a^0 = x, a^1, ..., a^L]: the input of each layer with weights, then
+        the output. With pooling or dropout between two layers, the input of layer l+1
+        is the pooled (or dropped-out) sigma(z^l).
+      stages: None for a dense-only network; with ``layers``, one entry per layer type:
+        sigma(z) after a layer with weights, the input of a pooling or `Flatten` layer,
+        the mask of a `Dropout` (None without a key).
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
@@ -131,6 +136,7 @@ class Cache(NamedTuple):
 
     zs: list[Array]
     activations: list[Array]
+    stages: Optional[list] = None
 
 
 class Record(NamedTuple):
@@ -154,13 +160,24 @@ class Record(NamedTuple):
     deltas: list[Array]
 
 
-def check(net: Network, params: Params, xs, ys=None, *, batched: Optional[bool] = True):
-    """Checks what a public function was given, before any maths; returns the layer sizes.
+def check(
+    net: Network,
+    params: Params,
+    xs,
+    ys=None,
+    *,
+    batched: Optional[bool] = True,
+    layered: bool = False,
+):
+    """Checks what a public function was given, before any maths; returns the layer sizes
+    (for a network with ``layers``: the input's and each layer with weights' neuron counts).
 
     Run it at trace time inside your jitted function: a later call with the same shapes
     and ``net`` costs nothing. ``batched``: True for xs of shape (batch, n_in), False for
     one example (n_in,), None for either. With ``ys`` and a batch, the batch must hold an
-    example (a mean over none is undefined). Errors name the layer and the shapes.
+    example (a mean over none is undefined). ``layered``: whether the caller handles
+    convolution, pooling and dropout (`functional_bp.layers`); if not, a network holding
+    one is refused, naming the layer. Errors name the layer and the shapes.
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
@@ -169,12 +186,69 @@ def check(net: Network, params: Params, xs, ys=None, *, batched: Optional[bool] 
       [3, 4, 2]
     """
     check_network(net)
-    sizes = check_params(params)
-    check_data(sizes, xs, ys, batched=batched)
+    if net.layers is None:
+        sizes = check_params(params)
+        check_data(sizes, xs, ys, batched=batched)
+    else:
+        sizes = _check_layered(net, params, xs, ys, batched, layered)
     if batched and ys is not None:
         check_nonempty(xs)
     dtype = np.dtype(jnp.result_type(params[0][0]))
     check_contracts(net, tuple(sizes), dtype, ys is not None)
+    return sizes
+
+
+DENSE_ONLY = (
+    "its functions for layer types other than Dense are listed in the guide's "
+    '"Layer types" page'
+)
+
+
+def example_ndim(net: Network) -> Optional[int]:
+    """The rank of one example: 1 for a vector, 3 for an image (C, H, W) before a
+    `Conv2D` or pooling; None where a network starting with `Flatten` takes any.
+
+    Examples:
+      >>> fbp.core.example_ndim(Network())
+      1
+    """
+    if net.layers is None:
+        return 1
+    first = next((s for s in net.layers if type(s) is not Dropout), net.layers[-1])
+    return {Dense: 1, Flatten: None}.get(type(first), 3)  # images for Conv2D and pooling
+
+
+def _check_layered(net: Network, params, xs, ys, batched, layered: bool) -> list[int]:
+    if net.layered and not layered:
+        k, spec = next((k, s) for k, s in enumerate(net.layers, 1) if type(s) is not Dense)
+        raise ValueError(
+            f"This function takes dense layers only; net.layers has {describe(spec)} at layer "
+            f"{k}. Convolution, pooling and dropout work with grad, value_and_grad, loss, "
+            f"the per-example family, the learning rules and the diagonal GGN ({DENSE_ONLY})"
+        )
+    if not hasattr(xs, "shape"):
+        raise TypeError(f"Expected x to be an array, got {type(xs).__name__} instead")
+    first = next((s for s in net.layers if type(s) is not Dropout), net.layers[-1])
+    rank = example_ndim(net)
+    x_shape = tuple(np.shape(xs))
+    one = batched is False or (batched is None and rank is not None and len(x_shape) == rank)
+    input_shape = x_shape if one else x_shape[1:]
+    if (not one and len(x_shape) < 2) or (rank is not None and len(input_shape) != rank):
+        expected = "(C, H, W)" if rank == 3 else "(n_in,)"
+        batch = f"(batch, {expected[1:]}"
+        forms = {True: batch, False: expected, None: f"{expected} or {batch}"}
+        raise ValueError(
+            f"Expected x to have shape {forms[batched]} for a network whose first layer is "
+            f"{describe(first)}, got {x_shape} instead"
+        )
+    check_float_dtype(jnp.result_type(xs), "x")
+    check_layered_params(net, params, input_shape)
+    every = shapes(net, input_shape)
+    sizes = [math.prod(input_shape)] + [
+        math.prod(every[k + 1]) for k, spec in enumerate(net.layers) if spec.has_weights
+    ]
+    if ys is not None:
+        check_targets(ys, x_shape[: len(x_shape) - len(input_shape)], sizes[-1], x_shape)
     return sizes
 
 
@@ -190,11 +264,47 @@ def _forward_one(net: Network, params: Params, x: Array) -> Cache:
     return Cache(zs, activations)
 
 
-def forward_pass(net: Network, params: Params, xs: Array) -> Cache:
+def _per_neuron(fn, *arrays: Array) -> Array:
+    """An `Activation`'s function of one example's neurons, for every example: a layer of
+    images is flattened to its C H W neurons first (a softmax or a user's activation
+    that reduces sees the whole layer), and the result takes the shape back."""
+    shape = arrays[0].shape
+    flat = [a.reshape(shape[0], -1) for a in arrays]
+    return jax.vmap(fn)(*flat).reshape(shape)
+
+
+def _forward_layers(net: Network, params: Params, xs: Array, key) -> Cache:
+    """Each layer type's forward map on the batch, in order; sigma after each layer with
+    weights; dropout masks drawn from ``key`` (none without it)."""
+    a = xs.astype(params[0].w.dtype)
+    drops = sum(type(spec) is Dropout for spec in net.layers)
+    keys = iter(jax.random.split(key, drops)) if key is not None and drops else None
+    zs, activations, stages = [], [], []
+    for spec in net.layers:
+        if spec.has_weights:
+            l = len(zs) + 1
+            activations.append(a)
+            z = spec.forward(params[l - 1], a)
+            a = _per_neuron(net.layer_activation(l, len(params)).fn, z)
+            zs.append(z)
+            stages.append(a)
+        elif type(spec) is Dropout:
+            mask = None if keys is None else spec.mask(next(keys), a.shape, a.dtype)
+            a = a if mask is None else a * mask
+            stages.append(mask)
+        else:
+            stages.append(a)
+            a = spec.apply(a)
+    activations.append(a)
+    return Cache(zs, activations, stages)
+
+
+def forward_pass(net: Network, params: Params, xs: Array, *, key: Optional[Array] = None) -> Cache:
     r"""The forward pass of every row of xs (batch, n_in): `jax.vmap` of one example's.
 
     Eqs 1-2 of the 001 notes for every example, \(z^l = w^l a^{l-1} + b^l\) and
-    \(a^l = \sigma(z^l)\).
+    \(a^l = \sigma(z^l)\). With ``net.layers``, each layer type's forward map on the
+    whole batch; ``key`` draws the `Dropout` masks (without it dropout is the identity).
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
@@ -202,6 +312,8 @@ def forward_pass(net: Network, params: Params, xs: Array) -> Cache:
       >>> cache.activations[-1].shape
       (5, 2)
     """
+    if net.layers is not None:
+        return _forward_layers(net, params, xs, key)
     return jax.vmap(lambda x: _forward_one(net, params, x))(xs)
 
 
@@ -288,7 +400,9 @@ def backward_pass(
     \[ \delta^l = (w^{l+1})^T \delta^{l+1} \odot \sigma'(z^l), \qquad l = L-1, \dots, 1 \]
 
     ``matrices``, when given, replaces w^{l+1} in eq 96 layer by layer (entry l-1 for
-    layer l, each of the shape of w^{l+1}): the backward pass of feedback alignment.
+    layer l, each of the shape of w^{l+1}): the backward pass of feedback alignment. With
+    ``net.layers``, each layer type's transport replaces (w^{l+1})^T delta^{l+1}, and
+    pooling, `Flatten` and `Dropout` route the error between layers.
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
@@ -298,14 +412,73 @@ def backward_pass(
       [(5, 4), (5, 2)]
     """
     matrices = [layer.w for layer in params[1:]] if matrices is None else matrices
+    if net.layers is not None:
+        return _backward_layers(net, cache, delta_L, matrices)
     deltas = [delta_L]
     for l in range(len(params) - 1, 0, -1):  # params[l] is layer l+1
         deltas.insert(0, hidden_errors(net, matrices[l - 1], deltas[0], cache, l))
     return deltas
 
 
+def _backward_layers(net: Network, cache: Cache, delta_L: Array, matrices) -> list[Array]:
+    """Eq 96 carried over: from the last layer type to the first, the error dC/da goes
+    back through each (transport through weights, routing through pooling, `Flatten` and
+    `Dropout`) and becomes delta^l = dC/da^l ⊙ sigma'(z^l) below each layer with weights."""
+    num_layers = len(cache.zs)
+    deltas = [delta_L]
+    if num_layers == 1:
+        return deltas
+    l = num_layers  # the layer with weights whose delta is deltas[0]
+    g = None
+    for k in range(len(net.layers) - 1, 0, -1):
+        g = _error_below(net.layers[k], cache, k, l, deltas[0], g, matrices[l - 2] if l > 1 else None)
+        if net.layers[k].has_weights:
+            l -= 1
+        if net.layers[k - 1].has_weights:  # g is dC/da^l, a^l = sigma(z^l): eq 96's ⊙
+            act = net.layer_activation(l, num_layers)
+            deltas.insert(0, _per_neuron(act.backward, cache.zs[l - 1], cache.stages[k - 1], g))
+            if l == 1:
+                break
+    return deltas
+
+
+def _error_below(spec, cache: Cache, k: int, l: int, delta: Array, g, weights) -> Array:
+    """dC/d(input of layer type k) from the error at its output: transport through
+    ``weights`` for layer l with weights (delta is delta^l), else the type's routing."""
+    if spec.has_weights:
+        return spec.transport(weights, delta, cache.activations[l - 1])
+    if type(spec) is Dropout:
+        return g if cache.stages[k] is None else g * cache.stages[k]
+    return spec.route(g, cache.stages[k])
+
+
+def input_error(net: Network, params: Params, cache: Cache, delta_1: Array) -> Array:
+    """dC/dx from delta^1: eq 8 of the 001 notes through layer 1 (and, with
+    ``net.layers``, routed through the layer types before it).
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> cache = fbp.core.forward_pass(Network(), params, jnp.ones((5, 3)))
+      >>> fbp.core.input_error(Network(), params, cache, jnp.ones((5, 4))).shape
+      (5, 3)
+    """
+    if net.layers is None:
+        return Dense.transport(params[0].w, delta_1)
+    first = next(k for k, spec in enumerate(net.layers) if spec.has_weights)
+    g = net.layers[first].transport(params[0].w, delta_1, cache.activations[0])
+    for k in range(first - 1, -1, -1):
+        g = _error_below(net.layers[k], cache, k, 0, None, g, None)
+    return g
+
+
 def output_errors(
-    net: Network, params: Params, xs: Array, ys: Array, *, scale: Optional[Array] = None
+    net: Network,
+    params: Params,
+    xs: Array,
+    ys: Array,
+    *,
+    scale: Optional[Array] = None,
+    key: Optional[Array] = None,
 ) -> tuple[Cache, Array, Array]:
     r"""The forward pass of a batch and delta^L of every example (eqs 90-91, vmapped):
     ``(cache, ys in the params' dtype, delta^L)``.
@@ -314,6 +487,7 @@ def output_errors(
 
     ``scale``, when given, multiplies delta^L; eq 96 is linear in delta, so every
     delta^l carries it (the mean gradient's 1/batch goes into the smallest array).
+    ``key`` draws the `Dropout` masks of a network with ``layers``.
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
@@ -322,7 +496,7 @@ def output_errors(
       >>> delta_L.shape
       (5, 2)
     """
-    cache = forward_pass(net, params, xs)
+    cache = forward_pass(net, params, xs, key=key)
     ys = targets(ys, cache.activations[-1])
     one = functools.partial(output_error, net=net)
     delta_L = jax.vmap(one)(cache.zs[-1], cache.activations[-1], ys)
@@ -332,10 +506,16 @@ def output_errors(
 
 
 def backprop_batch(
-    net: Network, params: Params, xs: Array, ys: Array, *, scale: Optional[Array] = None
+    net: Network,
+    params: Params,
+    xs: Array,
+    ys: Array,
+    *,
+    scale: Optional[Array] = None,
+    key: Optional[Array] = None,
 ) -> Record:
     """The core: forward pass, eqs 90-91 per example (`output_errors`), eq 96 back to
-    layer 1 (`backward_pass`).
+    layer 1 (`backward_pass`). ``key`` draws the `Dropout` masks, if any.
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
@@ -344,15 +524,20 @@ def backprop_batch(
       >>> [delta.shape for delta in record.deltas]
       [(5, 4), (5, 2)]
     """
-    cache, ys, delta_L = output_errors(net, params, xs, ys, scale=scale)
+    cache, ys, delta_L = output_errors(net, params, xs, ys, scale=scale, key=key)
     return Record(cache, ys, backward_pass(net, params, cache, delta_L))
 
 
-def summed_gradients(deltas: list[Array], cache: Cache) -> list[Layer]:
+def summed_gradients(
+    deltas: list[Array], cache: Cache, *, net: Network = Network()
+) -> list[Layer]:
     r"""Eq 99 and eq 7 for every layer, summed over the batch: sum_i delta_i^l (a_i^{l-1})^T.
 
     \[ \frac{\partial C}{\partial w^l} = \sum_i \delta^l_i (a^{l-1}_i)^T, \qquad
     \frac{\partial C}{\partial b^l} = \sum_i \delta^l_i \]
+
+    With ``net.layers``, each layer type's gradient (a convolution's: the correlation
+    of a^{l-1} with delta^l).
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
@@ -361,13 +546,35 @@ def summed_gradients(deltas: list[Array], cache: Cache) -> list[Layer]:
       >>> [g.w.shape for g in fbp.core.summed_gradients(record.deltas, record.cache)]
       [(4, 3), (2, 4)]
     """
-    return [Dense.gradient(delta, a_prev) for delta, a_prev in zip(deltas, cache.activations)]
+    types = net.weighted_layers(len(deltas))
+    return [t.gradient(d, a) for t, d, a in zip(types, deltas, cache.activations)]
+
+
+def per_example_gradients(
+    deltas: list[Array], cache: Cache, *, net: Network = Network()
+) -> list[Layer]:
+    r"""Eq 99 and eq 7 for every layer and every example: each leaf gets a leading batch
+    axis (w^l of shape (batch, n_l, n_{l-1}) for a dense layer, (batch, filters, C, kh,
+    kw) for a convolution).
+
+    \[ \frac{\partial C_i}{\partial w^l} = \delta^l_i (a^{l-1}_i)^T \]
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> xs, ys = jnp.ones((5, 3)), jnp.zeros((5, 2))
+      >>> record = fbp.core.backprop_batch(Network(), params, xs, ys)
+      >>> [g.w.shape for g in fbp.core.per_example_gradients(record.deltas, record.cache)]
+      [(5, 4, 3), (5, 2, 4)]
+    """
+    types = net.weighted_layers(len(deltas))
+    return [t.per_example_gradient(d, a) for t, d, a in zip(types, deltas, cache.activations)]
 
 
 def mean_value_and_grad(
-    net: Network, params: Params, xs: Array, ys: Array
+    net: Network, params: Params, xs: Array, ys: Array, *, key: Optional[Array] = None
 ) -> tuple[Array, list[Layer]]:
-    """The mean cost and the mean gradient of a batch, with 1/batch folded into delta^L.
+    """The mean cost and the mean gradient of a batch, with 1/batch folded into delta^L;
+    ``key`` draws the `Dropout` masks, if any.
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
@@ -376,9 +583,9 @@ def mean_value_and_grad(
       >>> value.shape, bool(jnp.allclose(g[0].w, grad(params, xs, ys)[0].w))
       ((), True)
     """
-    record = backprop_batch(net, params, xs, ys, scale=1.0 / xs.shape[0])
+    record = backprop_batch(net, params, xs, ys, scale=1.0 / xs.shape[0], key=key)
     value = jnp.mean(example_costs(net, record.cache, record.ys))
-    return value, summed_gradients(record.deltas, record.cache)
+    return value, summed_gradients(record.deltas, record.cache, net=net)
 
 
 def mean_cost(net: Network, params: Params, xs: Array, ys: Array) -> Array:
@@ -412,9 +619,11 @@ class Gradient:
     def __call__(self, key, net: Network, params, xs: Array, ys: Array):
         raise NotImplementedError
 
+    layered = False  # whether it takes convolution, pooling and dropout
+
     def check(self, net: Network, params, xs, ys) -> None:
         """Trace-time checks of what the step was given (shapes, structure)."""
-        check(net, params, xs, ys)
+        check(net, params, xs, ys, layered=self.layered)
 
     def check_values(self) -> None:
         """Checks of the hyperparameters' values, outside any trace."""
@@ -436,7 +645,8 @@ def gradient_class(cls):
 
 @gradient_class
 class MeanGradient(Gradient):
-    """Backprop's mean gradient of the mini-batch (`functional_bp.grad`); ignores the key.
+    """Backprop's mean gradient of the mini-batch (`functional_bp.grad`); the key draws
+    the `Dropout` masks of a network that has them, and is ignored otherwise.
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
@@ -446,5 +656,7 @@ class MeanGradient(Gradient):
       [(4, 3), (2, 4)]
     """
 
+    layered = True
+
     def __call__(self, key, net, params, xs, ys):
-        return mean_value_and_grad(net, params, xs, ys)[1]
+        return mean_value_and_grad(net, params, xs, ys, key=key if net.has_dropout else None)[1]

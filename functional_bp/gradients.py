@@ -4,18 +4,24 @@ backward pass; each one `core.check` and a call into the core."""
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import jax
+import jax.numpy as jnp
 
 from functional_bp import core
+from functional_bp._validation import check_values, optional_key
 from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
 
 Array = jax.Array
 
 
+@check_values(key=optional_key)
 @jit_with_net
-def forward(params: Params, x: Array, *, net: Network = Network()) -> tuple[Array, core.Cache]:
+def forward(
+    params: Params, x: Array, *, net: Network = Network(), key: Optional[Array] = None
+) -> tuple[Array, core.Cache]:
     r"""The output a^L and the `Cache` of z^l and a^l that backprop needs (001 notes eqs
     1-2: z^l = w^l a^{l-1} + b^l, a^l = sigma(z^l)).
 
@@ -25,6 +31,8 @@ def forward(params: Params, x: Array, *, net: Network = Network()) -> tuple[Arra
       params: a list of `Layer`.
       x: one example of shape (n_in,) or a batch of shape (batch, n_in).
       net: the `Network` (its cost is not used).
+      key: draws the masks of a `functional_bp.layers.Dropout`; without it (evaluation)
+        dropout is the identity.
 
     Returns:
       ``(a_L, cache)``; with a batch, every array has a leading batch axis.
@@ -34,16 +42,19 @@ def forward(params: Params, x: Array, *, net: Network = Network()) -> tuple[Arra
       >>> forward(params, jnp.ones(3))[0].shape
       (2,)
     """
-    core.check(net, params, x, batched=None)
-    if x.ndim == 1:
-        cache = jax.tree.map(lambda leaf: leaf[0], core.forward_pass(net, params, x[None]))
-    else:
-        cache = core.forward_pass(net, params, x)
+    core.check(net, params, x, batched=None, layered=True)
+    one = x.ndim == core.example_ndim(net)  # one example, not a batch
+    cache = core.forward_pass(net, params, x[None] if one else x, key=key)
+    if one:
+        cache = jax.tree.map(lambda leaf: leaf[0], cache)
     return cache.activations[-1], cache
 
 
+@check_values(key=optional_key)
 @jit_with_net
-def loss(params: Params, xs: Array, ys: Array, *, net: Network = Network()) -> Array:
+def loss(
+    params: Params, xs: Array, ys: Array, *, net: Network = Network(), key: Optional[Array] = None
+) -> Array:
     """The mean per-example cost of a mini-batch, (1/B) sum_i C(a_i^L, y_i): what
     ``jax.grad`` differentiates when it is compared with `grad`.
 
@@ -52,19 +63,23 @@ def loss(params: Params, xs: Array, ys: Array, *, net: Network = Network()) -> A
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
       net: the `Network`.
+      key: draws the masks of a `functional_bp.layers.Dropout` (each example its own);
+        without it dropout is the identity. Ignored by a network without dropout.
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 2])
       >>> loss(params, jnp.ones((4, 3)), jnp.zeros((4, 2))).shape
       ()
     """
-    core.check(net, params, xs, ys)
-    return core.mean_cost(net, params, xs, ys)
+    core.check(net, params, xs, ys, layered=True)
+    cache = core.forward_pass(net, params, xs, key=key)
+    return jnp.mean(core.example_costs(net, cache, core.targets(ys, cache.activations[-1])))
 
 
+@check_values(key=optional_key)
 @jit_with_net
 def value_and_grad(
-    params: Params, xs: Array, ys: Array, *, net: Network = Network()
+    params: Params, xs: Array, ys: Array, *, net: Network = Network(), key: Optional[Array] = None
 ) -> tuple[Array, list[Layer]]:
     """``(loss, grad)`` of a mini-batch from one forward and one backward pass.
 
@@ -73,6 +88,8 @@ def value_and_grad(
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
       net: the `Network`.
+      key: draws the masks of a `functional_bp.layers.Dropout` (each example its own);
+        without it dropout is the identity. Ignored by a network without dropout.
 
     Returns:
       The mean cost and the mean of the per-example gradients.
@@ -83,12 +100,15 @@ def value_and_grad(
       >>> value.shape, g[0].w.shape, g[0].b.shape
       ((), (2, 3), (2,))
     """
-    core.check(net, params, xs, ys)
-    return core.mean_value_and_grad(net, params, xs, ys)
+    core.check(net, params, xs, ys, layered=True)
+    return core.mean_value_and_grad(net, params, xs, ys, key=key)
 
 
+@check_values(key=optional_key)
 @jit_with_net
-def grad(params: Params, xs: Array, ys: Array, *, net: Network = Network()) -> list[Layer]:
+def grad(
+    params: Params, xs: Array, ys: Array, *, net: Network = Network(), key: Optional[Array] = None
+) -> list[Layer]:
     r"""The mean over the mini-batch of the per-example gradients of `backprop`.
 
     Error terms are computed for every example (eqs 90-91, then eq 96 as one matrix
@@ -104,6 +124,8 @@ def grad(params: Params, xs: Array, ys: Array, *, net: Network = Network()) -> l
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
       net: the `Network`.
+      key: draws the masks of a `functional_bp.layers.Dropout` (each example its own);
+        without it dropout is the identity. Ignored by a network without dropout.
 
     Returns:
       A list of `Layer`, the structure of ``params``.
@@ -114,12 +136,15 @@ def grad(params: Params, xs: Array, ys: Array, *, net: Network = Network()) -> l
       >>> [g.w.shape for g in grad(params, xs, ys)]
       [(4, 3), (2, 4)]
     """
-    core.check(net, params, xs, ys)
-    return core.mean_value_and_grad(net, params, xs, ys)[1]
+    core.check(net, params, xs, ys, layered=True)
+    return core.mean_value_and_grad(net, params, xs, ys, key=key)[1]
 
 
+@check_values(key=optional_key)
 @jit_with_net
-def error_terms(params: Params, x: Array, y: Array, *, net: Network = Network()) -> list[Array]:
+def error_terms(
+    params: Params, x: Array, y: Array, *, net: Network = Network(), key: Optional[Array] = None
+) -> list[Array]:
     r"""The error terms delta^l = dC/dz^l of every layer, for one example.
 
     delta^L = dC/da^L ⊙ sigma'(z^L) (chapter 10 eqs 90-91, `output_error`), then,
@@ -133,6 +158,8 @@ def error_terms(params: Params, x: Array, y: Array, *, net: Network = Network())
       x: one example, shape (n_in,).
       y: its target, shape (n_out,).
       net: the `Network`.
+      key: draws the masks of a `functional_bp.layers.Dropout` (each example its own);
+        without it dropout is the identity. Ignored by a network without dropout.
 
     Returns:
       ``[delta^1, ..., delta^L]``, delta^l of shape (n_l,).
@@ -142,12 +169,16 @@ def error_terms(params: Params, x: Array, y: Array, *, net: Network = Network())
       >>> [delta.shape for delta in error_terms(params, jnp.ones(3), jnp.zeros(2))]
       [(4,), (2,)]
     """
-    core.check(net, params, x, y, batched=False)
-    return [delta[0] for delta in core.backprop_batch(net, params, x[None], y[None]).deltas]
+    core.check(net, params, x, y, batched=False, layered=True)
+    record = core.backprop_batch(net, params, x[None], y[None], key=key)
+    return [delta[0] for delta in record.deltas]
 
 
+@check_values(key=optional_key)
 @jit_with_net
-def backprop(params: Params, x: Array, y: Array, *, net: Network = Network()) -> list[Layer]:
+def backprop(
+    params: Params, x: Array, y: Array, *, net: Network = Network(), key: Optional[Array] = None
+) -> list[Layer]:
     r"""The gradient of the cost of one example: network.py's ``backprop``.
 
     dC/dw^l = delta^l (a^{l-1})^T (chapter 10 eq 99, 001 notes eq 6, `layer_gradient`)
@@ -161,6 +192,8 @@ def backprop(params: Params, x: Array, y: Array, *, net: Network = Network()) ->
       x: one example, shape (n_in,).
       y: its target, shape (n_out,).
       net: the `Network`.
+      key: draws the masks of a `functional_bp.layers.Dropout` (each example its own);
+        without it dropout is the identity. Ignored by a network without dropout.
 
     Returns:
       A list of `Layer(dC/dw, dC/db)`, the structure of ``params``.
@@ -171,8 +204,8 @@ def backprop(params: Params, x: Array, y: Array, *, net: Network = Network()) ->
       >>> bool(jnp.allclose(backprop(params, x, y)[0].w, grad(params, x[None], y[None])[0].w))
       True
     """
-    core.check(net, params, x, y, batched=False)
-    return core.mean_value_and_grad(net, params, x[None], y[None])[1]
+    core.check(net, params, x, y, batched=False, layered=True)
+    return core.mean_value_and_grad(net, params, x[None], y[None], key=key)[1]
 
 
 # `mlp`: the network as a JAX function whose VJP is the hand-written backward pass.
@@ -196,8 +229,8 @@ def _network_bwd(net, residuals, cotangent):
         cache.zs[-1], cache.activations[-1], cotangent
     )
     deltas = core.backward_pass(net, params, cache, delta_L)  # eq 96
-    grads = core.summed_gradients(deltas, cache)  # eqs 99 and 7, summed over the batch
-    return grads, core.Dense.transport(params[0].w, deltas[0])  # 001 notes eq 8: dL/dx
+    grads = core.summed_gradients(deltas, cache, net=net)  # eqs 99 and 7, summed
+    return grads, core.input_error(net, params, cache, deltas[0])  # 001 notes eq 8: dL/dx
 
 
 _network.defvjp(_network_fwd, _network_bwd)
@@ -225,9 +258,9 @@ def mlp(params: Params, x: Array, *, net: Network = Network()) -> Array:
       >>> g[0].w.shape
       (2, 3)
     """
-    core.check(net, params, x, batched=None)
+    core.check(net, params, x, batched=None, layered=True)
     # Cast outside the custom VJP, so that autodiff returns dL/dx in x's own dtype.
     xs = x.astype(params[0].w.dtype)
-    if x.ndim == 1:
+    if x.ndim == core.example_ndim(net):  # one example
         return _network(net, params, xs[None])[0]
     return _network(net, params, xs)

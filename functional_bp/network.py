@@ -5,12 +5,11 @@ network.py's sigmoid neurons and quadratic cost) and jits with it as a static ar
 Names are resolved to `Activation` and `Cost` objects, and the cost is checked against
 the output activation, once, when the value is built.
 
-How layer types will join it. Today every layer is dense. A layer type provides three
-things, the three steps of the documents' derivation (see `functional_bp.core.LayerType`):
-its forward map (z^l from a^{l-1}, eqs 1-2), its transport of the error (what replaces
-eq 96's (w^{l+1})^T delta^{l+1}) and its parameter gradient from a^{l-1} and delta^l (eq
-99). A later ``layers`` field, a tuple of such types with dense as its default, extends
-`Network` without changing any signature that takes ``net=``.
+Layer types. Without ``layers`` every layer is dense and the params say the sizes. With
+``layers=(...)`` (`functional_bp.layers`: `Dense`, `Conv2D`, `MaxPool2D`, `AvgPool2D`,
+`Flatten`, `Dropout`) each layer type provides the three steps of the documents'
+derivation: its forward map, its transport of the error (what replaces eq 96's
+(w^{l+1})^T delta^{l+1}) and its parameter gradient (eq 99).
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from functional_bp.costs import Cost, check_compatible, get_cost
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Network:
-    """The activations and the cost of a fully connected network.
+    """The layers, the activations and the cost of a network.
 
     Attributes:
       activation: sigma of the hidden layers 1..L-1: "sigmoid", "tanh", "relu",
@@ -41,6 +40,11 @@ class Network:
       cost: "quadratic" (1/2 ||a - y||^2, network.py), "squared_error" (sum_j (a_j -
         y_j)^2, the 001 notes), "cross_entropy" (network2.py), "log_likelihood" (-sum_j
         y_j ln a_j, network3.py) or your own `Cost`. Forward-only functions ignore it.
+      layers: None (the default: every layer dense, sizes from the params) or a tuple of
+        layer types from `functional_bp.layers`, ending with a `Dense`. ``activation``
+        follows every `Dense` and `Conv2D` but the last, which takes
+        ``output_activation``; pooling, `Flatten` and `Dropout` have no activation.
+        Params come from `functional_bp.layers.init_network`.
 
     After construction the three fields hold `Activation` and `Cost` objects, so
     ``Network("sigmoid") == Network(SIGMOID)``. A cost defined only on (0, 1)
@@ -60,6 +64,7 @@ class Network:
     activation: str | Activation = "sigmoid"
     output_activation: Optional[str | Activation] = None
     cost: str | Cost = "quadratic"
+    layers: Optional[tuple[LayerSpec, ...]] = None
 
     def __post_init__(self):
         hidden = get_activation(self.activation)
@@ -73,8 +78,9 @@ class Network:
         object.__setattr__(self, "activation", hidden)
         object.__setattr__(self, "output_activation", output)
         object.__setattr__(self, "cost", cost)
+        object.__setattr__(self, "layers", _check_layers(self.layers))
         # Hashed on every jitted call, so once here.
-        object.__setattr__(self, "_hash", hash((hidden, output, cost)))
+        object.__setattr__(self, "_hash", hash((hidden, output, cost, self.layers)))
 
     def __hash__(self) -> int:
         return self._hash
@@ -84,17 +90,45 @@ class Network:
             return True
         if not isinstance(other, Network):
             return NotImplemented
-        return (self.activation, self.output_activation, self.cost) == (
+        return (self.activation, self.output_activation, self.cost, self.layers) == (
             other.activation,
             other.output_activation,
             other.cost,
+            other.layers,
         )
 
     def __repr__(self) -> str:
         return (
             f"Network(activation={self.activation.name!r}, "
-            f"output_activation={self.output_activation.name!r}, cost={self.cost.name!r})"
+            f"output_activation={self.output_activation.name!r}, cost={self.cost.name!r}"
+            + ("" if self.layers is None else f", layers={self.layers!r}")
+            + ")"
         )
+
+    @property
+    def layered(self) -> bool:
+        """Whether ``layers`` holds a layer type other than `Dense` (convolution, pooling,
+        flattening, dropout): the functions that take only dense networks refuse it."""
+        return self.layers is not None and any(type(s).__name__ != "Dense" for s in self.layers)
+
+    @property
+    def has_dropout(self) -> bool:
+        """Whether ``layers`` holds a `Dropout` (random only where a key is given)."""
+        return self.layers is not None and any(type(s).__name__ == "Dropout" for s in self.layers)
+
+    def weighted_layers(self, num_layers: int) -> tuple:
+        """The layer type of each layer with weights (params[l - 1] is layer l): `Dense`
+        for every layer of a dense-only network.
+
+        Examples:
+          >>> Network().weighted_layers(2)
+          (<class 'functional_bp.layers.Dense'>, <class 'functional_bp.layers.Dense'>)
+        """
+        from functional_bp.layers import Dense  # the layers' equations import this module
+
+        if self.layers is None:
+            return (Dense,) * num_layers
+        return tuple(spec for spec in self.layers if spec.has_weights)
 
     def layer_activation(self, l: int, num_layers: int) -> Activation:
         """sigma of layer l (1-based): the output activation for l = L.
@@ -105,6 +139,34 @@ class Network:
           ('relu', 'softmax')
         """
         return self.output_activation if l == num_layers else self.activation
+
+
+def _check_layers(layers):
+    if layers is None:
+        return None
+    from functional_bp.layers import Dense, LayerSpec, describe  # they import this module
+    if isinstance(layers, LayerSpec):
+        layers = (layers,)
+    if not isinstance(layers, (tuple, list)):
+        raise TypeError(
+            f"Expected layers to be a tuple of layer types (functional_bp.layers), got "
+            f"{type(layers).__name__} instead"
+        )
+    layers = tuple(layers)
+    for k, spec in enumerate(layers, start=1):
+        if not isinstance(spec, LayerSpec):
+            raise TypeError(
+                f"Expected layers[{k - 1}] to be a layer type (Dense, Conv2D, MaxPool2D, "
+                f"AvgPool2D, Flatten, Dropout from functional_bp.layers), got "
+                f"{type(spec).__name__} {spec!r} instead"
+            )
+    if not layers or type(layers[-1]) is not Dense:
+        last = describe(layers[-1]) if layers else "nothing"
+        raise ValueError(
+            f"Expected layers to end with a Dense layer (the output neurons a^L the cost "
+            f"compares with y), got {last}"
+        )
+    return layers
 
 
 _DEFAULT = object()
