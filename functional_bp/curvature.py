@@ -112,26 +112,44 @@ def _factor_columns(net: Network, params: Params, xs: Array, ys: Array):
     return cache, weights, _backpropagated(net, params, cache, columns)
 
 
-def _diagonal(cache: core.Cache, weights: Array, columns: list[Array], n: int) -> list[Layer]:
+def _squared_columns(kind, weights: Array, b: Array, a: Array) -> Layer:
+    """sum_k lambda_ik (eq 99 of column b_ik)^2 for one layer, per example i. A dense
+    layer's squares factor, (b_ik^l)^2 ((a_i^{l-1})^2)^T, and are summed over k first; a
+    convolution's do not (a sum over positions), so each column's per-example gradient
+    is formed: batch x K x filters x C x kh x kw entries."""
+    if kind is core.Dense or type(kind) is core.Dense:
+        s = jnp.einsum("ik,ikn->in", weights, b**2)
+        return Layer(s[:, :, None] * (a**2)[:, None, :], s)
+    n, k = b.shape[:2]
+    g = kind.per_example_gradient(b.reshape(n * k, *b.shape[2:]), jnp.repeat(a, k, axis=0))
+    return jax.tree.map(
+        lambda leaf: jnp.einsum("ik,ik...->i...", weights, (leaf**2).reshape(n, k, *leaf.shape[1:])),
+        g,
+    )
+
+
+def _diagonal(
+    net: Network, cache: core.Cache, weights: Array, columns: list[Array], n: int
+) -> list[Layer]:
     """(1/N) sum_i sum_k lambda_ik (b_ik^l)^2 ((a_i^{l-1})^2)^T per layer (b: without the
     a factor): eq 99 squared entry by entry, summed over the columns first."""
-    return [
-        jax.tree.map(
-            lambda g: g / n,
-            core.Dense.gradient(jnp.einsum("ik,ikn->in", weights, b**2), a**2),
-        )
-        for b, a in zip(columns, cache.activations)
-    ]
+    diagonal = []
+    for kind, b, a in zip(net.weighted_layers(len(columns)), columns, cache.activations):
+        if kind is core.Dense or type(kind) is core.Dense:
+            s = core.Dense.gradient(jnp.einsum("ik,ikn->in", weights, b**2), a**2)
+        else:
+            s = jax.tree.map(lambda leaf: jnp.sum(leaf, axis=0), _squared_columns(kind, weights, b, a))
+        diagonal.append(jax.tree.map(lambda g: g / n, s))
+    return diagonal
 
 
-def _per_example_diagonal(cache: core.Cache, weights: Array, columns: list[Array]) -> list[Layer]:
+def _per_example_diagonal(
+    net: Network, cache: core.Cache, weights: Array, columns: list[Array]
+) -> list[Layer]:
     """sum_k lambda_ik (b_ik^l)^2 ((a_i^{l-1})^2)^T per example and layer, not summed
     over i: w of shape (batch, n_l, n_{l-1}), b of shape (batch, n_l)."""
-    diagonal = []
-    for b, a in zip(columns, cache.activations):
-        s = jnp.einsum("ik,ikn->in", weights, b**2)
-        diagonal.append(Layer(s[:, :, None] * (a**2)[:, None, :], s))
-    return diagonal
+    kinds = net.weighted_layers(len(columns))
+    return [_squared_columns(t, weights, b, a) for t, b, a in zip(kinds, columns, cache.activations)]
 
 
 def _kfac(cache: core.Cache, weights: Array, columns: list[Array], n: int) -> list[KFACFactors]:
@@ -187,7 +205,7 @@ def diag_ggn(
       >>> [d.w.shape for d in fbp.curvature.diag_ggn(params, xs, ys)]
       [(4, 3), (2, 4)]
     """
-    core.check(net, params, xs, ys)
+    core.check(net, params, xs, ys, layered=True)
     return mean_diag_ggn(net, params, xs, ys)
 
 
@@ -202,7 +220,7 @@ def mean_diag_ggn(net: Network, params: Params, xs: Array, ys: Array) -> list[La
     """
     dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
     cache, weights, columns = _factor_columns(net, params, xs, ys)
-    return _cast(_diagonal(cache, weights, columns, xs.shape[0]), dtype)
+    return _cast(_diagonal(net, cache, weights, columns, xs.shape[0]), dtype)
 
 
 @check_values(xs=finite_array, ys=finite_array)
@@ -245,10 +263,10 @@ def batch_diag_ggn(
       >>> [d.w.shape for d in fbp.curvature.batch_diag_ggn(params, xs, ys)]
       [(5, 4, 3), (5, 2, 4)]
     """
-    core.check(net, params, xs, ys)
+    core.check(net, params, xs, ys, layered=True)
     dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
     cache, weights, columns = _factor_columns(net, params, xs, ys)
-    return _cast(_per_example_diagonal(cache, weights, columns), dtype)
+    return _cast(_per_example_diagonal(net, cache, weights, columns), dtype)
 
 
 def _sampler(net: Network, function: str = "diag_ggn_mc", exact: str = "diag_ggn"):
@@ -321,13 +339,13 @@ def diag_ggn_mc(
       >>> [d.w.shape for d in estimate]
       [(4, 3), (2, 4)]
     """
-    core.check(net, params, xs, ys)
+    core.check(net, params, xs, ys, layered=True)
     check_key(key)
     samples = check_int(samples, "samples")
     sample = _sampler(net)
     dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
     cache, weights, columns = _sampled_factor_columns(key, net, params, xs, samples, sample)
-    return _cast(_diagonal(cache, weights, columns, xs.shape[0]), dtype)
+    return _cast(_diagonal(net, cache, weights, columns, xs.shape[0]), dtype)
 
 
 @check_values(key=check_key, xs=finite_array, ys=finite_array, samples=_samples)
@@ -372,11 +390,11 @@ def batch_diag_ggn_mc(
       >>> [d.b.shape for d in estimate]
       [(5, 4), (5, 2)]
     """
-    core.check(net, params, xs, ys)
+    core.check(net, params, xs, ys, layered=True)
     sample = _sampler(net, "batch_diag_ggn_mc", "batch_diag_ggn")
     dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
     cache, weights, columns = _sampled_factor_columns(key, net, params, xs, samples, sample)
-    return _cast(_per_example_diagonal(cache, weights, columns), dtype)
+    return _cast(_per_example_diagonal(net, cache, weights, columns), dtype)
 
 
 class KFACFactors(NamedTuple):

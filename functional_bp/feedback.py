@@ -53,7 +53,7 @@ import numpy as np
 
 from functional_bp import core
 from functional_bp._validation import check_key, check_number, check_params
-from functional_bp.network import Network, jit_with_net
+from functional_bp.network import Network, check_network, jit_with_net
 from functional_bp.params import Layer, Params
 
 Array = jax.Array
@@ -137,17 +137,27 @@ def _check_key_for(key, rule: str, where: str) -> None:
         )
 
 
-def _check_one_network(params, where: str) -> None:
-    """params of one network; a leading run axis (training.many) is named with the fix."""
+def _check_one_network(params, where: str, net: Optional[Network] = None) -> None:
+    """params of one network; a leading run axis (training.many) is named with the fix.
+    With ``net.layers`` a convolution's w has rank 4 (filters, C, kh, kw)."""
+    rank = 2
+    if net is not None and net.layers is not None:
+        rank = 4 if not isinstance(net.weighted_layers(1)[0], core.Dense) else 2
     if isinstance(params, (list, tuple)) and params:
         layer = params[0]
-        if isinstance(layer, tuple) and len(layer) == 2 and np.ndim(layer[0]) > 2:
-            raise ValueError(
-                f"{where} takes one network's params (layer 1 w of rank 2), got layer 1 w of "
-                f"shape {np.shape(layer[0])}: params with a leading run axis (training.many, "
-                f"jax.vmap). For many runs use {_ONE_RUN[where]}"
+        if isinstance(layer, tuple) and len(layer) == 2 and np.ndim(layer[0]) > rank:
+            hint = (
+                " (a Conv2D network's params? pass net=Network(layers=...))"
+                if rank == 2 and np.ndim(layer[0]) == 4
+                else ""
             )
-    check_params(params)
+            raise ValueError(
+                f"{where} takes one network's params (layer 1 w of rank {rank}), got layer 1 w "
+                f"of shape {np.shape(layer[0])}{hint}: params with a leading run axis "
+                f"(training.many, jax.vmap). For many runs use {_ONE_RUN[where]}"
+            )
+    if net is None or net.layers is None:
+        check_params(params)
 
 
 def _misplaced(where: str, name: str, value) -> None:
@@ -257,14 +267,21 @@ def _public(where: str):
 
 
 def init_feedback(
-    key: Array, params: Params, rule: str, *, scale: Optional[float] = None
+    key: Array,
+    params: Params,
+    rule: str,
+    *,
+    scale: Optional[float] = None,
+    net: Optional[Network] = None,
 ) -> Optional[list[Array]]:
     r"""The fixed random feedback matrices of a rule, hidden layer 1 first; None for the
     rules that draw none ("sign", "usf", "brsf", "bp").
 
     For "fa" and "kp" entry l-1 has the shape of w^{l+1}, (n_{l+1}, n_l), and replaces it
-    in eq 96; for "dfa" it has shape (n_L, n_l). Entries are drawn N(0, scale^2), by
-    default scale = 1/sqrt(n_l), \( B_{jk} \sim \mathcal{N}(0, 1/n_l) \): the scale of
+    in eq 96 (for a convolution, the kernel's shape (filters, C, kh, kw): B^l replaces
+    w^{l+1} in the transposed convolution); for "dfa" it has shape (n_L, n_l). Entries
+    are drawn N(0, scale^2), by default scale = 1/sqrt(fan-in) (n_l, or C kh kw for a
+    kernel), \( B_{jk} \sim \mathcal{N}(0, 1/n_l) \): the scale of
     network2.py's initialisation for a layer of that fan-in. The size of B sets how fast
     the hidden layers learn under fa and dfa (their updates are proportional to it), so
     it is a hyperparameter like eta: Lillicrap et al. draw from a fixed uniform interval instead.
@@ -286,6 +303,8 @@ def init_feedback(
       scale: the standard deviation of the draw, > 0 (see above); only for the rules
         that draw ("fa", "dfa", "kp", "frsf"): sign's, usf's and brsf's scale is
         `feedback_grad`'s (or `RuleGradient`'s).
+      net: the `Network`; needed for params of a network with ``layers`` (a
+        convolution's w has rank 4).
 
     Raises:
       TypeError: key is not a key, rule not a str (or given as params), params not a
@@ -306,7 +325,10 @@ def init_feedback(
     check_key(key)
     _misplaced("init_feedback", "params", params)
     _check_rule(rule)
-    _check_one_network(params, "init_feedback")
+    if net is not None:
+        check_network(net)
+        _check_dfa(net, rule)
+    _check_one_network(params, "init_feedback", net)
     check_number(scale, "scale", minimum=0, inclusive=False, optional=True)
     shapes = _feedback_shapes(params, rule)
     if shapes is None:
@@ -333,16 +355,18 @@ def init_feedback(
         ]
     return [
         jax.random.normal(k, shape, dtype)
-        * (1 / jnp.sqrt(jnp.asarray(shape[1], dtype)) if scale is None else scale)
+        * (1 / jnp.sqrt(jnp.asarray(math.prod(shape[1:]), dtype)) if scale is None else scale)
         for k, shape in zip(keys, shapes)
     ]
 
 
 def _default_scale(rule: str, shape: tuple[int, ...]) -> float:
-    """sign: 1; usf, brsf, frsf: the std of a Xavier draw for w^{l+1} of this shape."""
+    """sign: 1; usf, brsf, frsf: the std of a Xavier draw for w^{l+1} of this shape
+    (fan-in + fan-out; a kernel's count its receptive field)."""
     if rule == "sign":
         return 1.0
-    return math.sqrt(2.0 / (shape[0] + shape[1]))
+    field = math.prod(shape[2:])
+    return math.sqrt(2.0 / ((shape[0] + shape[1]) * field))
 
 
 def _uniform(key, shape, dtype, scale) -> Array:
@@ -386,16 +410,35 @@ def _errors(net: Network, params, matrices, cache, delta_L: Array, rule: str):
 
 
 def _mean_feedback_grad(net: Network, params, feedback, xs, ys, rule, scale, key) -> list[Layer]:
-    """The rule's mean update direction over the batch."""
-    cache, _, delta_L = core.output_errors(net, params, xs, ys, scale=1.0 / xs.shape[0])
+    """The rule's mean update direction over the batch (dropout masks, if the network
+    has dropout, from a key split from ``key``)."""
+    drop_key = None
+    if net.has_dropout and key is not None:
+        key, drop_key = jax.random.split(key)
+    cache, _, delta_L = core.output_errors(
+        net, params, xs, ys, scale=1.0 / xs.shape[0], key=drop_key
+    )
     matrices = _matrices(params, feedback, rule, scale, key)
-    return core.summed_gradients(_errors(net, params, matrices, cache, delta_L, rule), cache)
+    deltas = _errors(net, params, matrices, cache, delta_L, rule)
+    return core.summed_gradients(deltas, cache, net=net)
+
+
+def _check_dfa(net: Network, rule: str) -> None:
+    if rule == "dfa" and net.layered:
+        raise ValueError(
+            "Rule 'dfa' takes dense layers only: it sends delta^L to each hidden layer l "
+            "through its own (n_L, n_l) matrix, which for a convolution would be (n_L, C H W) "
+            "over the layer's output map, and would skip the pooling and dropout between "
+            "layers; this library does not implement it for net.layers with convolution, "
+            "pooling or dropout. fa, kp and the sign-concordant rules take them"
+        )
 
 
 def _check(net: Network, params, feedback, xs, ys, rule, where: str) -> None:
     _check_rule(rule)
-    _check_one_network(params, where)
-    core.check(net, params, xs, ys)
+    _check_dfa(net, rule)
+    _check_one_network(params, where, net)
+    core.check(net, params, xs, ys, layered=True)
     _check_feedback(params, feedback, rule)
 
 
@@ -467,6 +510,7 @@ def feedback_matrices(
     rule: str,
     scale: Optional[float] = None,
     key: Optional[Array] = None,
+    net: Network = Network(),
 ) -> list[Array]:
     r"""The matrices \( B^l \) a rule sends the error back through, hidden layer 1 first:
     each of w^{l+1}'s shape (n_{l+1}, n_l), for "dfa" of shape (n_L, n_l).
@@ -483,7 +527,8 @@ def feedback_matrices(
       True
     """
     _check_rule(rule)
-    _check_one_network(params, "feedback_matrices")
+    _check_dfa(net, rule)
+    _check_one_network(params, "feedback_matrices", net)
     _check_feedback(params, feedback, rule)
     return _matrices(params, feedback, rule, scale, key)
 
@@ -555,9 +600,10 @@ def alignment_angles(
     """
     _check(net, params, feedback, xs, ys, rule, "alignment_angles")
     cache, _, delta_L = core.output_errors(net, params, xs, ys, scale=1.0 / xs.shape[0])
-    true = core.summed_gradients(core.backward_pass(net, params, cache, delta_L), cache)
+    true = core.summed_gradients(core.backward_pass(net, params, cache, delta_L), cache, net=net)
     matrices = _matrices(params, feedback, rule, scale, key)
-    rule_grads = core.summed_gradients(_errors(net, params, matrices, cache, delta_L, rule), cache)
+    deltas = _errors(net, params, matrices, cache, delta_L, rule)
+    rule_grads = core.summed_gradients(deltas, cache, net=net)
     update = jnp.stack([_angle(r.w, t.w) for r, t in zip(rule_grads, true)])
     if rule == "dfa":
         between = jnp.full((len(params) - 1,), jnp.nan, update.dtype)
@@ -624,6 +670,7 @@ class RuleGradient(core.Gradient):
     rule: str = dataclasses.field(metadata={"static": True})
     weight_decay: float = 0.0
     scale: Optional[float] = None
+    layered = True
 
     def __call__(self, key, net, state, xs, ys):
         _check_rule(self.rule)

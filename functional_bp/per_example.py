@@ -10,6 +10,14 @@ A dense layer's per-example weight gradient is the outer product delta_i (a_i^{l
 Norms and clipping therefore cost O(batch * sum_l n_l) memory, never the
 O(batch * sum_l n_in n_out) of materialised per-example gradients.
 
+A convolution's per-example weight gradient is a sum of outer products over positions,
+with no such factorisation: its norm is taken from the per-example gradient itself,
+delta_i^l (filters, positions) times the receptive fields of a_i^{l-1} (positions,
+C kh kw), one batched matrix product with the multiply-adds of the summed gradient and
+batch x filters x C x kh x kw entries held (2.6 M floats for the book's second
+convolution, 40 x 20 x 5 x 5, at batch 128). Dense layers of the same network keep the
+outer-product norm; pooling, `Flatten` and `Dropout` have no weights.
+
 `ClippedGradient` and `PrivateGradient` are the same quantities as gradients for
 `functional_bp.training`: a DP-SGD step is ``training.train_step(key, optax.sgd(eta),
 params, state, xs, ys, gradient=PrivateGradient(clip_norm, noise_multiplier))``. With
@@ -52,7 +60,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from functional_bp import core
-from functional_bp._validation import check_key, check_number, check_values, non_negative, positive
+from functional_bp._validation import (
+    check_key,
+    check_number,
+    check_values,
+    non_negative,
+    optional_key,
+    positive,
+)
 from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
 
@@ -89,18 +104,24 @@ class PerExampleNorms(NamedTuple):
     layers: list[Layer]
 
 
+@check_values(key=optional_key)
 @jit_with_net
-def per_example_grads(params: Params, xs: Array, ys: Array, *, net: Network = Network()):
-    """`backprop` of every example in a batch: eq 99 for each example, by `jax.vmap`.
+def per_example_grads(
+    params: Params, xs: Array, ys: Array, *, net: Network = Network(), key: Optional[Array] = None
+):
+    """`backprop` of every example in a batch: eq 99 for each example
+    (`functional_bp.core.per_example_gradients`).
 
     Args:
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
       net: the `Network`.
+      key: draws the `functional_bp.layers.Dropout` masks, if any.
 
     Returns:
-      A list of `Layer`; every leaf has a leading batch axis: w is (batch, n_out, n_in).
+      A list of `Layer`; every leaf has a leading batch axis: w is (batch, n_out, n_in)
+      for a dense layer, (batch, filters, C, kh, kw) for a convolution.
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
@@ -108,11 +129,9 @@ def per_example_grads(params: Params, xs: Array, ys: Array, *, net: Network = Ne
       >>> [g.w.shape for g in fbp.per_example.per_example_grads(params, xs, ys)]
       [(5, 4, 3), (5, 2, 4)]
     """
-    core.check(net, params, xs, ys)
-    record = core.backprop_batch(net, params, xs, ys)
-    return [
-        jax.vmap(core.Dense.gradient)(d, a) for d, a in zip(record.deltas, record.cache.activations)
-    ]
+    core.check(net, params, xs, ys, layered=True)
+    record = core.backprop_batch(net, params, xs, ys, key=key)
+    return core.per_example_gradients(record.deltas, record.cache, net=net)
 
 
 def _norm(x: Array) -> Array:
@@ -124,10 +143,11 @@ def _norm(x: Array) -> Array:
     return safe[..., 0] * jnp.sqrt(jnp.sum((x / safe) ** 2, axis=-1))
 
 
-def norms_from_record(record: core.Record) -> PerExampleNorms:
+def norms_from_record(record: core.Record, *, net: Network = Network()) -> PerExampleNorms:
     r"""||delta_i a_i^T||_F = ||delta_i|| ||a_i|| per layer (eq 99 is an outer product)
     and ||delta_i|| for the bias (eq 7), from the core's record; in at least float32:
     \( \lVert \delta_i a_i^\top \rVert_F = \lVert \delta_i \rVert \, \lVert a_i \rVert \).
+    A convolution's (in ``net.layers``) from its per-example gradient (module notes).
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
@@ -137,16 +157,22 @@ def norms_from_record(record: core.Record) -> PerExampleNorms:
       (5,)
     """
     layers = []
-    for delta, a_prev in zip(record.deltas, record.cache.activations):
-        delta_norm = _norm(delta)
-        layers.append(Layer(delta_norm * _norm(a_prev), delta_norm))
+    types = net.weighted_layers(len(record.deltas))
+    for kind, delta, a_prev in zip(types, record.deltas, record.cache.activations):
+        if kind is core.Dense or type(kind) is core.Dense:
+            delta_norm = _norm(delta)
+            layers.append(Layer(delta_norm * _norm(a_prev), delta_norm))
+        else:
+            g = kind.per_example_gradient(delta, a_prev)
+            layers.append(Layer(*(_norm(leaf.reshape(leaf.shape[0], -1)) for leaf in g)))
     total = _norm(jnp.stack([leaf for layer in layers for leaf in layer], axis=-1))
     return PerExampleNorms(total, layers)
 
 
+@check_values(key=optional_key)
 @jit_with_net
 def per_example_grad_norms(
-    params: Params, xs: Array, ys: Array, *, net: Network = Network()
+    params: Params, xs: Array, ys: Array, *, net: Network = Network(), key: Optional[Array] = None
 ) -> PerExampleNorms:
     r"""The L2 norm of every example's gradient, from the error terms alone.
 
@@ -161,7 +187,9 @@ def per_example_grad_norms(
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
-      net: the `Network`.
+      net: the `Network`; a convolution's norms come from its per-example gradient
+        (module notes).
+      key: draws the `functional_bp.layers.Dropout` masks, if any.
 
     Returns:
       `PerExampleNorms`: ``total`` of shape (batch,) and per-layer ``layers``.
@@ -173,8 +201,8 @@ def per_example_grad_norms(
       >>> norms.total.shape, len(norms.layers)
       ((5,), 2)
     """
-    core.check(net, params, xs, ys)
-    norms = norms_from_record(core.backprop_batch(net, params, xs, ys))
+    core.check(net, params, xs, ys, layered=True)
+    norms = norms_from_record(core.backprop_batch(net, params, xs, ys, key=key), net=net)
     return jax.tree.map(lambda norm: norm.astype(xs.dtype), norms)
 
 
@@ -195,17 +223,21 @@ def _denominator(batch: int, expected_batch_size, mask):
 
 
 def _clipped_mean(
-    net, params, xs, ys, clip_norm, expected_batch_size=None, mask=None
+    net, params, xs, ys, clip_norm, expected_batch_size=None, mask=None, key=None
 ) -> list[Layer]:
     """One weighted backward pass: sum_i w_i delta_i a_i^T with w_i = m_i min(1, C/||g_i||)
-    / B, m_i the mask (1 without one), B the expected batch size or the real examples."""
-    record = core.backprop_batch(net, params, xs, ys)
-    weights = clip_weights(norms_from_record(record).total, clip_norm)
+    / B, m_i the mask (1 without one), B the expected batch size or the real examples.
+    ``key`` draws the dropout masks of a network that has them."""
+    record = core.backprop_batch(net, params, xs, ys, key=key if net.has_dropout else None)
+    weights = clip_weights(norms_from_record(record, net=net).total, clip_norm)
     if mask is not None:
         weights = weights * mask.astype(weights.dtype)
     weights = weights / _denominator(xs.shape[0], expected_batch_size, mask)
-    weighted = [delta * weights[:, None].astype(delta.dtype) for delta in record.deltas]
-    return core.summed_gradients(weighted, record.cache)
+    weighted = [
+        delta * weights.reshape(-1, *[1] * (delta.ndim - 1)).astype(delta.dtype)
+        for delta in record.deltas
+    ]
+    return core.summed_gradients(weighted, record.cache, net=net)
 
 
 def gaussian_like(key: Array, tree):
@@ -227,8 +259,12 @@ def gaussian_like(key: Array, tree):
 def _noisy_clipped_mean(
     key, net, params, xs, ys, clip_norm, noise_multiplier, expected_batch_size=None, mask=None
 ) -> list[Layer]:
-    """`_clipped_mean` plus N(0, (sigma C / B)^2) on every entry, drawn from ``key``."""
-    grads = _clipped_mean(net, params, xs, ys, clip_norm, expected_batch_size, mask)
+    """`_clipped_mean` plus N(0, (sigma C / B)^2) on every entry, drawn from ``key`` (and
+    the dropout masks from a key split from it, for a network that has dropout)."""
+    drop_key = None
+    if net.has_dropout:
+        key, drop_key = jax.random.split(key)
+    grads = _clipped_mean(net, params, xs, ys, clip_norm, expected_batch_size, mask, drop_key)
     std = noise_multiplier * clip_norm / _denominator(xs.shape[0], expected_batch_size, mask)
     noise = gaussian_like(key, grads)
     return jax.tree.map(lambda g, z: g + (std * z).astype(g.dtype), grads, noise)
@@ -271,10 +307,16 @@ def _check_batch_values(gradient) -> None:
         )
 
 
-@check_values(clip_norm=positive)
+@check_values(clip_norm=positive, key=optional_key)
 @jit_with_net
 def clipped_grad(
-    params: Params, xs: Array, ys: Array, clip_norm: float, *, net: Network = Network()
+    params: Params,
+    xs: Array,
+    ys: Array,
+    clip_norm: float,
+    *,
+    net: Network = Network(),
+    key: Optional[Array] = None,
 ) -> list[Layer]:
     r"""The mean of per-example gradients, each clipped to L2 norm at most ``clip_norm``.
 
@@ -289,6 +331,7 @@ def clipped_grad(
       ys: shape (batch, n_out).
       clip_norm: C, the largest norm an example's gradient keeps.
       net: the `Network`.
+      key: draws the `functional_bp.layers.Dropout` masks, if any.
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
@@ -296,8 +339,8 @@ def clipped_grad(
       >>> [g.w.shape for g in fbp.per_example.clipped_grad(params, xs, ys, 1.0)]
       [(4, 3), (2, 4)]
     """
-    core.check(net, params, xs, ys)
-    return _clipped_mean(net, params, xs, ys, clip_norm)
+    core.check(net, params, xs, ys, layered=True)
+    return _clipped_mean(net, params, xs, ys, clip_norm, key=key)
 
 
 @check_values(key=check_key, clip_norm=positive, noise_multiplier=non_negative)
@@ -323,7 +366,8 @@ def private_grad(
     Feed it to any optax optimizer, or train with `PrivateGradient`.
 
     Args:
-      key: a `jax.random` key for the noise.
+      key: a `jax.random` key for the noise (and, split from it, the dropout masks of a
+        network with `functional_bp.layers.Dropout`).
       params: a list of `Layer`.
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
@@ -341,7 +385,7 @@ def private_grad(
       >>> [g.w.shape for g in grads]
       [(4, 3), (2, 4)]
     """
-    core.check(net, params, xs, ys)
+    core.check(net, params, xs, ys, layered=True)
     return _noisy_clipped_mean(key, net, params, xs, ys, clip_norm, noise_multiplier)
 
 
@@ -378,13 +422,15 @@ class ClippedGradient(core.Gradient):
     expected_batch_size: Optional[float] = None
     mask: Optional[Array] = None
 
+    layered = True
+
     def __call__(self, key, net, params, xs, ys):
         return _clipped_mean(
-            net, params, xs, ys, self.clip_norm, self.expected_batch_size, self.mask
+            net, params, xs, ys, self.clip_norm, self.expected_batch_size, self.mask, key
         )
 
     def check(self, net, params, xs, ys) -> None:
-        core.check(net, params, xs, ys)
+        core.check(net, params, xs, ys, layered=True)
         _check_batch_fields(self, xs)
 
     def check_values(self) -> None:
@@ -418,6 +464,8 @@ class PrivateGradient(core.Gradient):
     expected_batch_size: Optional[float] = None
     mask: Optional[Array] = None
 
+    layered = True
+
     def __call__(self, key, net, params, xs, ys):
         if key is None:
             raise ValueError("PrivateGradient draws noise: give the step a jax.random key")
@@ -434,7 +482,7 @@ class PrivateGradient(core.Gradient):
         )
 
     def check(self, net, params, xs, ys) -> None:
-        core.check(net, params, xs, ys)
+        core.check(net, params, xs, ys, layered=True)
         _check_batch_fields(self, xs)
 
     def check_values(self) -> None:
