@@ -8,6 +8,8 @@ equations it is built from, the gradient check, and network.py's `sgd_step` and
 
 - `functional_bp.core`: the batched forward/backward record every family is built on;
   build your own quantities on it.
+- `functional_bp.layers`: layer types beyond dense (convolution, pooling, flattening,
+  dropout), each with its forward map, error transport and gradient.
 - `functional_bp.per_example`: per-example gradients, norms, clipping, DP-SGD.
 - `functional_bp.privacy`: privacy accounting (epsilon of a run), Poisson-sampled epochs.
 - `functional_bp.statistics`: per-example gradient statistics (variance, noise scale).
@@ -31,6 +33,7 @@ from functional_bp import (
     feedback,
     io,
     laplace,
+    layers,
     parallel,
     per_example,
     privacy,

@@ -57,6 +57,7 @@ from functional_bp.layers import (
     Flatten,
     check_layered_params,
     describe,
+    layer_types,
     shapes,
 )
 from functional_bp.network import Network, check_contracts, check_network
@@ -546,7 +547,7 @@ def summed_gradients(
       >>> [g.w.shape for g in fbp.core.summed_gradients(record.deltas, record.cache)]
       [(4, 3), (2, 4)]
     """
-    types = net.weighted_layers(len(deltas))
+    types = layer_types(net, len(deltas))
     return [t.gradient(d, a) for t, d, a in zip(types, deltas, cache.activations)]
 
 
@@ -566,7 +567,7 @@ def per_example_gradients(
       >>> [g.w.shape for g in fbp.core.per_example_gradients(record.deltas, record.cache)]
       [(5, 4, 3), (5, 2, 4)]
     """
-    types = net.weighted_layers(len(deltas))
+    types = layer_types(net, len(deltas))
     return [t.per_example_gradient(d, a) for t, d, a in zip(types, deltas, cache.activations)]
 
 

@@ -49,6 +49,7 @@ from functional_bp._validation import (
     finite_array,
 )
 from functional_bp.equations import output_error
+from functional_bp.layers import is_dense, layer_types
 from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
 
@@ -117,7 +118,7 @@ def _squared_columns(kind, weights: Array, b: Array, a: Array) -> Layer:
     layer's squares factor, (b_ik^l)^2 ((a_i^{l-1})^2)^T, and are summed over k first; a
     convolution's do not (a sum over positions), so each column's per-example gradient
     is formed: batch x K x filters x C x kh x kw entries."""
-    if kind is core.Dense or type(kind) is core.Dense:
+    if is_dense(kind):
         s = jnp.einsum("ik,ikn->in", weights, b**2)
         return Layer(s[:, :, None] * (a**2)[:, None, :], s)
     n, k = b.shape[:2]
@@ -134,8 +135,8 @@ def _diagonal(
     """(1/N) sum_i sum_k lambda_ik (b_ik^l)^2 ((a_i^{l-1})^2)^T per layer (b: without the
     a factor): eq 99 squared entry by entry, summed over the columns first."""
     diagonal = []
-    for kind, b, a in zip(net.weighted_layers(len(columns)), columns, cache.activations):
-        if kind is core.Dense or type(kind) is core.Dense:
+    for kind, b, a in zip(layer_types(net, len(columns)), columns, cache.activations):
+        if is_dense(kind):
             s = core.Dense.gradient(jnp.einsum("ik,ikn->in", weights, b**2), a**2)
         else:
             s = jax.tree.map(lambda leaf: jnp.sum(leaf, axis=0), _squared_columns(kind, weights, b, a))
@@ -148,7 +149,7 @@ def _per_example_diagonal(
 ) -> list[Layer]:
     """sum_k lambda_ik (b_ik^l)^2 ((a_i^{l-1})^2)^T per example and layer, not summed
     over i: w of shape (batch, n_l, n_{l-1}), b of shape (batch, n_l)."""
-    kinds = net.weighted_layers(len(columns))
+    kinds = layer_types(net, len(columns))
     return [_squared_columns(t, weights, b, a) for t, b, a in zip(kinds, columns, cache.activations)]
 
 

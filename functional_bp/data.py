@@ -28,6 +28,7 @@ __all__ = [
     "MNIST_FILES",
     "Dataset",
     "download_mnist",
+    "expand_shifts",
     "load_digits",
     "load_mnist",
     "one_hot",
@@ -95,6 +96,40 @@ def one_hot(labels: np.ndarray, num_classes: int = 10, dtype=np.float32) -> np.n
             f"{labels.max()} instead"
         )
     return np.eye(num_classes, dtype=dtype)[labels]
+
+
+def expand_shifts(dataset: Dataset, image_shape: tuple[int, int]) -> Dataset:
+    """The examples and their four one-pixel shifts (up, down, left, right; the pixels
+    shifted in are 0), labels repeated: 5 n examples, the originals first. network3.py's
+    expand_mnist.py, which took its MNIST result from 99.23 % to 99.37 %.
+
+    Examples:
+      >>> image = np.zeros((1, 9), np.float32); image[0, 4] = 1  # a 3x3 image, centre lit
+      >>> wider = fbp.data.expand_shifts(fbp.data.Dataset(image, np.array([7])), (3, 3))
+      >>> wider.x.reshape(5, 3, 3).sum(axis=0).astype(int).tolist(), wider.y.tolist()
+      ([[0, 1, 0], [1, 1, 1], [0, 1, 0]], [7, 7, 7, 7, 7])
+    """
+    height, width = (check_int(n, "image_shape") for n in image_shape)
+    x = np.asarray(dataset.x)
+    if x.ndim != 2 or x.shape[1] != height * width:
+        raise ValueError(
+            f"Expected examples of {height * width} pixels (image_shape {tuple(image_shape)}), "
+            f"got x of shape {x.shape}"
+        )
+    images = x.reshape(-1, height, width)
+    shifted = [images]
+    for axis, step in ((1, -1), (1, 1), (2, -1), (2, 1)):
+        moved = np.roll(images, step, axis=axis)
+        edge = 0 if step == 1 else -1  # the row or column that wrapped around
+        if axis == 1:
+            moved[:, edge, :] = 0
+        else:
+            moved[:, :, edge] = 0
+        shifted.append(moved)
+    return Dataset(
+        np.concatenate(shifted).reshape(-1, height * width),
+        np.tile(np.asarray(dataset.y), 5),
+    )
 
 
 def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:

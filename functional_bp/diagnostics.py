@@ -117,7 +117,7 @@ def correct(params: Params, xs: Array, labels: Array, *, net: Network = Network(
       >>> int(fbp.diagnostics.correct(params, xs, labels))
       4
     """
-    core.check(net, params, xs, batched=True)
+    core.check(net, params, xs, batched=True, layered=True)
     _check_labels(labels, xs, np.shape(params[-1].w)[0])
     outputs = core.forward_pass(net, params, xs).activations[-1]
     return jnp.sum(jnp.argmax(outputs, axis=-1) == labels)
@@ -156,7 +156,7 @@ def evaluate(
       >>> fbp.diagnostics.evaluate(params, xs, labels, batch_size=2)
       5
     """
-    core.check(net, params, xs, batched=True)
+    core.check(net, params, xs, batched=True, layered=True)
     _check_labels(labels, xs, np.shape(params[-1].w)[0])
     count = _in_batches(lambda xb, lb: correct(params, xb, lb, net=net), xs, labels, batch_size)
     return int(count)
@@ -220,7 +220,7 @@ def total_cost(
       >>> isinstance(cost, float), cost > fbp.diagnostics.total_cost(params, xs, ys)
       (True, True)
     """
-    core.check(net, params, xs, ys)
+    core.check(net, params, xs, ys, layered=True)
     check_number(weight_decay, "weight_decay", minimum=0)
 
     def summed(xb, yb):
@@ -281,7 +281,8 @@ def check_divergence(
         ...
       functional_bp.diagnostics.TrainingDiverged: training diverged at epoch 3 (cost nan)
     """
-    check_params(params)
+    if all(np.ndim(layer[0]) == 2 for layer in params if isinstance(layer, tuple)):
+        check_params(params)  # dense: the chain of shapes; a convolution's w has rank 4
     finite, largest = _health(params)
     finite, largest = bool(finite), float(largest)
     where = "" if epoch is None else f" at epoch {epoch}"

@@ -53,6 +53,7 @@ import numpy as np
 
 from functional_bp import core
 from functional_bp._validation import check_key, check_number, check_params
+from functional_bp.layers import is_dense, layer_types
 from functional_bp.network import Network, check_network, jit_with_net
 from functional_bp.params import Layer, Params
 
@@ -142,7 +143,7 @@ def _check_one_network(params, where: str, net: Optional[Network] = None) -> Non
     With ``net.layers`` a convolution's w has rank 4 (filters, C, kh, kw)."""
     rank = 2
     if net is not None and net.layers is not None:
-        rank = 4 if not isinstance(net.weighted_layers(1)[0], core.Dense) else 2
+        rank = 2 if is_dense(layer_types(net, 1)[0]) else 4
     if isinstance(params, (list, tuple)) and params:
         layer = params[0]
         if isinstance(layer, tuple) and len(layer) == 2 and np.ndim(layer[0]) > rank:

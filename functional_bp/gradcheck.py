@@ -174,7 +174,7 @@ def check_gradients(
       >>> check_gradients(params, jnp.ones((5, 3)), jnp.zeros((5, 2))).ok
       True
     """
-    core.check(net, params, xs, ys)
+    core.check(net, params, xs, ys, layered=True)
     fd_entries = check_int(fd_entries, "fd_entries")
     check_int(seed, "seed", minimum=0)
     check_number(fd_step, "fd_step", minimum=0, inclusive=False, optional=True)

@@ -104,6 +104,18 @@ def _check_feedback(
     return list(matrices)
 
 
+def _check_dense(params) -> None:
+    """The file format holds dense layers (its header lists their sizes)."""
+    if isinstance(params, (list, tuple)):
+        for l, layer in enumerate(params, start=1):
+            if isinstance(layer, tuple) and len(layer) == 2 and np.ndim(layer[0]) == 4:
+                raise ValueError(
+                    f"save_params writes the params of dense layers (w of rank 2); layer {l} w "
+                    f"has shape {tuple(np.shape(layer[0]))}, a Conv2D's: params of a network "
+                    "with functional_bp.layers are not written by this format"
+                )
+
+
 def save_params(path: str | os.PathLike, params: Params, *, feedback=None, **metadata: Any) -> Path:
     """Writes params and JSON-able metadata (activation, cost, ...) to ``path`` (.npz).
 
@@ -145,6 +157,7 @@ def save_params(path: str | os.PathLike, params: Params, *, feedback=None, **met
       >>> fbp.io.save_params(path, params, activation="sigmoid").name
       'params.npz'
     """
+    _check_dense(params)
     sizes = check_params(params)
     reserved = sorted(set(metadata) & set(_RESERVED))
     if reserved:

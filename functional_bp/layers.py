@@ -44,6 +44,7 @@ from jax import lax
 
 from functional_bp._validation import check_float_dtype, check_int, check_key
 from functional_bp.equations import layer_gradient, weighted_error
+from functional_bp.network import LayerSpec
 from functional_bp.params import INITS, Layer, Params
 
 Array = jax.Array
@@ -56,7 +57,9 @@ __all__ = [
     "Flatten",
     "LayerSpec",
     "MaxPool2D",
+    "describe",
     "init_network",
+    "layer_types",
     "shapes",
 ]
 
@@ -65,16 +68,6 @@ _IMAGE = ("NCHW", "OIHW", "NCHW")  # batch, channels, height, width; filters fir
 
 def _spec(cls):
     return dataclasses.dataclass(frozen=True)(cls)
-
-
-class LayerSpec:
-    """A layer type of ``Network(layers=...)``: hashable, with its options as fields."""
-
-    has_weights = False
-
-    def out_shape(self, in_shape: tuple[int, ...], where: str) -> tuple[int, ...]:
-        """The per-example output shape for ``in_shape``; ValueError naming ``where``."""
-        raise NotImplementedError
 
 
 @_spec
@@ -99,6 +92,7 @@ class Dense(LayerSpec):
 
     n: int
     has_weights = True
+    dense = True
 
     def __post_init__(self):
         check_int(self.n, "Dense(n)")
@@ -116,7 +110,8 @@ class Dense(LayerSpec):
 
     @staticmethod
     def forward(layer: Layer, a_prev: Array) -> Array:
-        return a_prev @ layer.w.T + layer.b  # z_j = sum_k w_jk a_k + b_j
+        z = a_prev @ layer.w.T  # z_j = sum_k w_jk a_k + b_j, for every row of a batch
+        return z + layer.b.reshape((1,) * (z.ndim - 1) + (-1,))
 
     @staticmethod
     def transport(weights: Array, delta_next: Array, a_prev: Optional[Array] = None) -> Array:
@@ -220,7 +215,7 @@ class Conv2D(LayerSpec):
         z = lax.conv_general_dilated(
             a_prev, layer.w, self.stride, self._pads(a_prev.shape[2:]), dimension_numbers=_IMAGE
         )
-        return z + layer.b[:, None, None]
+        return z + layer.b[None, :, None, None]
 
     def transport(self, weights: Array, delta: Array, a_prev: Array) -> Array:
         """dC/da^{l-1}: delta dilated by the stride and correlated with the kernel flipped
@@ -399,6 +394,7 @@ class Dropout(LayerSpec):
     """
 
     rate: float = 0.5
+    random = True
 
     def __post_init__(self):
         rate = self.rate
@@ -414,6 +410,24 @@ class Dropout(LayerSpec):
     def mask(self, key: Array, shape: tuple[int, ...], dtype) -> Array:
         keep = jax.random.bernoulli(key, 1 - self.rate, shape)
         return keep.astype(dtype) / jnp.asarray(1 - self.rate, dtype)
+
+
+def layer_types(net, num_layers: int) -> tuple:
+    """The layer type of each layer with weights (params[l - 1] is layer l): `Dense` for
+    every layer of a dense-only network.
+
+    Examples:
+      >>> fbp.layers.layer_types(Network(), 2)
+      (<class 'functional_bp.layers.Dense'>, <class 'functional_bp.layers.Dense'>)
+    """
+    if net.layers is None:
+        return (Dense,) * num_layers
+    return tuple(spec for spec in net.layers if spec.has_weights)
+
+
+def is_dense(kind) -> bool:
+    """Whether a layer type (the class or an instance) is `Dense`."""
+    return kind is Dense or isinstance(kind, Dense)
 
 
 def describe(spec: LayerSpec) -> str:

@@ -28,6 +28,25 @@ from functional_bp.activations import Activation, get_activation
 from functional_bp.costs import Cost, check_compatible, get_cost
 
 
+class LayerSpec:
+    """A layer type of ``Network(layers=...)`` (`functional_bp.layers` implements them):
+    a hashable value with its options as fields, and what the network needs to know of
+    it here: whether it has weights, whether it is dense, whether it draws at random.
+
+    Examples:
+      >>> fbp.layers.Dense(10).has_weights, fbp.layers.MaxPool2D(2).has_weights
+      (True, False)
+    """
+
+    has_weights = False  # a Layer(w, b) in the params
+    dense = False  # a vector of neurons from a vector: the output layer must be one
+    random = False  # draws from a key (dropout)
+
+    def out_shape(self, in_shape: tuple[int, ...], where: str) -> tuple[int, ...]:
+        """The per-example output shape for ``in_shape``; ValueError naming ``where``."""
+        raise NotImplementedError
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Network:
     """The layers, the activations and the cost of a network.
@@ -109,26 +128,12 @@ class Network:
     def layered(self) -> bool:
         """Whether ``layers`` holds a layer type other than `Dense` (convolution, pooling,
         flattening, dropout): the functions that take only dense networks refuse it."""
-        return self.layers is not None and any(type(s).__name__ != "Dense" for s in self.layers)
+        return self.layers is not None and any(not s.dense for s in self.layers)
 
     @property
     def has_dropout(self) -> bool:
         """Whether ``layers`` holds a `Dropout` (random only where a key is given)."""
-        return self.layers is not None and any(type(s).__name__ == "Dropout" for s in self.layers)
-
-    def weighted_layers(self, num_layers: int) -> tuple:
-        """The layer type of each layer with weights (params[l - 1] is layer l): `Dense`
-        for every layer of a dense-only network.
-
-        Examples:
-          >>> Network().weighted_layers(2)
-          (<class 'functional_bp.layers.Dense'>, <class 'functional_bp.layers.Dense'>)
-        """
-        from functional_bp.layers import Dense  # the layers' equations import this module
-
-        if self.layers is None:
-            return (Dense,) * num_layers
-        return tuple(spec for spec in self.layers if spec.has_weights)
+        return self.layers is not None and any(s.random for s in self.layers)
 
     def layer_activation(self, l: int, num_layers: int) -> Activation:
         """sigma of layer l (1-based): the output activation for l = L.
@@ -144,7 +149,6 @@ class Network:
 def _check_layers(layers):
     if layers is None:
         return None
-    from functional_bp.layers import Dense, LayerSpec, describe  # they import this module
     if isinstance(layers, LayerSpec):
         layers = (layers,)
     if not isinstance(layers, (tuple, list)):
@@ -160,8 +164,8 @@ def _check_layers(layers):
                 f"AvgPool2D, Flatten, Dropout from functional_bp.layers), got "
                 f"{type(spec).__name__} {spec!r} instead"
             )
-    if not layers or type(layers[-1]) is not Dense:
-        last = describe(layers[-1]) if layers else "nothing"
+    if not layers or not layers[-1].dense:
+        last = repr(layers[-1]) if layers else "nothing"
         raise ValueError(
             f"Expected layers to end with a Dense layer (the output neurons a^L the cost "
             f"compares with y), got {last}"

@@ -68,6 +68,7 @@ from functional_bp._validation import (
     optional_key,
     positive,
 )
+from functional_bp.layers import is_dense, layer_types
 from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
 
@@ -157,9 +158,9 @@ def norms_from_record(record: core.Record, *, net: Network = Network()) -> PerEx
       (5,)
     """
     layers = []
-    types = net.weighted_layers(len(record.deltas))
+    types = layer_types(net, len(record.deltas))
     for kind, delta, a_prev in zip(types, record.deltas, record.cache.activations):
-        if kind is core.Dense or type(kind) is core.Dense:
+        if is_dense(kind):
             delta_norm = _norm(delta)
             layers.append(Layer(delta_norm * _norm(a_prev), delta_norm))
         else:

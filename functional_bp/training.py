@@ -328,7 +328,12 @@ def sgd_step(
       >>> new[0].w.shape, bool(jnp.any(new[0].w != params[0].w))
       ((2, 3), True)
     """
-    core.check(net, params, xs, ys)
+    core.check(net, params, xs, ys, layered=True)
+    if net.has_dropout:
+        raise ValueError(
+            "sgd_step takes no key, so a Dropout layer would be the identity: train a network "
+            "with dropout with train_epoch or training.train_step(key, ...)"
+        )
     optimizer = sgd(learning_rate, weight_decay)
     return _step(None, optimizer, params, optimizer.init(params), xs, ys, MeanGradient(), net)[0]
 
@@ -369,7 +374,7 @@ def train_epoch(
       >>> [layer.w.shape for layer in new]
       [(2, 3)]
     """
-    core.check(net, params, xs, ys)
+    core.check(net, params, xs, ys, layered=True)
     optimizer = sgd(learning_rate, weight_decay)
     opt_state = optimizer.init(params)
     return _epoch(key, optimizer, params, opt_state, xs, ys, batch_size, MeanGradient(), net)[0]

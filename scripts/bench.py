@@ -87,6 +87,9 @@ class Scale(NamedTuple):
     feedback: list  # (sizes, batch) per network
     large: tuple  # (sizes, batch) of the per-example norms and the statistics
     direct: tuple  # (sizes, batch) of the direct-call overhead
+    # The book's two-convolutional-layer network: (layers, image side, grad batches,
+    # per-example norms' batch, examples of the epoch).
+    conv: tuple = ("conv20x5,pool2,conv40x5,pool2,dense100", 28, (10, 128), 128, 5_000)
     heavy_flops: tuple = (5e10, 1e9)  # a call of more FLOPs gets 3, of more 7, else 25 repeats
 
     def repeats(self, full: int, quick: int) -> int:
@@ -129,6 +132,7 @@ CPU_QUICK = CPU_FULL._replace(
     many_runs=([784, 30, 10], 10, 5_000, (4, 8)),
     feedback=[([784, 100, 10], 64)],
     large=([784, 100, 10], 64),
+    conv=("conv20x5,pool2,conv40x5,pool2,dense100", 28, (10, 128), 128, 1_000),
 )
 # GPU (or TPU): batches of 1,024 and more, widths of 4,096 and more, where a GPU is busy.
 # The cases that materialise per-example gradients (per_example; large, for the
@@ -144,6 +148,7 @@ GPU_SIZES = [
     ([784, 4096, 4096, 10], 4096),
     ([4096, 8192, 8192, 4096], 4096),
 ]
+GPU_CONV = ("conv20x5,pool2,conv40x5,pool2,dense100", 28, (128, 1024), 1024, 65_536)
 GPU_FULL = Scale(
     mode="full",
     table="gpu",
@@ -155,6 +160,7 @@ GPU_FULL = Scale(
     feedback=[([784, 1024, 1024, 10], 1024), ([784, 4096, 4096, 10], 4096)],
     large=([784, 1024, 1024, 10], 1024),
     direct=([784, 30, 10], 10),
+    conv=GPU_CONV,
     heavy_flops=(5e12, 1e11),
 )
 GPU_QUICK = GPU_FULL._replace(
@@ -185,6 +191,7 @@ SMOKE = CPU_FULL._replace(
     feedback=[([8, 6, 4], 16)],
     large=([8, 6, 4], 16),
     direct=([8, 6, 4], 16),
+    conv=("conv2x3,pool2,dense4", 8, (4,), 4, 20),
 )
 
 
@@ -979,6 +986,101 @@ def case_second_order(scale):
     return row
 
 
+def conv_problem(layers, side, batch, seed=0):
+    """The network of ``layers`` (`runs.config.parse_layers`: Flatten and the 10 outputs
+    added), relu hidden, softmax/log-likelihood; network3.py's init scale; uniform
+    images and integer labels."""
+    from functional_bp.runs.config import parse_layers
+
+    net = fbp.Network("relu", "softmax", "log_likelihood", layers=parse_layers(layers))
+    key, x_key, y_key = jax.random.split(jax.random.key(seed), 3)
+    params = fbp.layers.init_network(key, net, (1, side, side))
+    xs = jax.random.uniform(x_key, (batch, 1, side, side))
+    ys = jax.random.randint(y_key, (batch,), 0, 10)
+    return net, params, xs, ys
+
+
+def case_convolution(scale):
+    """The book's network3.py network of two convolutional-pooling layers: `grad` against
+    `jax.jit(jax.grad(loss))` at two batches, per-example norms against
+    `jax.vmap(jax.grad)` plus norms, and an SGD epoch at batch 10 (`training.epoch`)
+    against a plain `jax.grad` scan of the same network."""
+    layers, side, batches, norms_batch, n = scale.conv
+    rows = []
+    for batch in batches:
+        net, params, xs, ys = conv_problem(layers, side, batch)
+        autodiff = jax.jit(jax.grad(lambda p, x, y: fbp.loss(p, x, y, net=net)))
+        t = timed(
+            {
+                "manual": lambda: fbp.grad(params, xs, ys, net=net),
+                "autodiff": lambda: autodiff(params, xs, ys),
+            },
+            scale,
+            repeats=scale.repeats(full=15, quick=5),
+            warmup=1,
+            min_time=scale.min_time,
+        )
+        rows.append(dict(batch=batch, seconds=t, ratio=t["manual"] / t["autodiff"]))
+        print(
+            f"convolution {layers} batch {batch}: grad {t['manual'] * 1e3:.2f} ms, jax.grad "
+            f"{t['autodiff'] * 1e3:.2f} ms, ratio {rows[-1]['ratio']:.3f}",
+            flush=True,
+        )
+    net, params, xs, ys = conv_problem(layers, side, norms_batch)
+    one = lambda p, x, y: fbp.loss(p, x[None], y[None], net=net)
+
+    @jax.jit
+    def autodiff_norms(p, x, y):
+        g = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(p, x, y)
+        return jnp.sqrt(sum(jnp.sum(l.reshape(x.shape[0], -1) ** 2, axis=1) for l in jax.tree.leaves(g)))
+
+    manual_norms = lambda: per_example.per_example_grad_norms(params, xs, ys, net=net).total
+    t = timed(
+        {"manual": manual_norms, "autodiff": lambda: autodiff_norms(params, xs, ys)},
+        scale,
+        repeats=scale.repeats(full=7, quick=3),
+        warmup=1,
+        min_time=scale.min_time,
+    )
+    norms = dict(batch=norms_batch, seconds=t, speedup=t["autodiff"] / t["manual"])
+    print(
+        f"convolution per-example norms batch {norms_batch}: {t['manual'] * 1e3:.1f} ms, "
+        f"vmap(jax.grad) + norms {t['autodiff'] * 1e3:.1f} ms, speed-up {norms['speedup']:.1f}",
+        flush=True,
+    )
+    net, params, xs, ys = conv_problem(layers, side, n, seed=1)
+    optimizer = training.sgd(0.1)
+    state = optimizer.init(params)
+    key = jax.random.key(2)
+
+    @jax.jit
+    def autodiff_epoch(key, params, xs, ys):
+        def step(step_key, p, xb, yb):
+            g = jax.grad(lambda q: fbp.loss(q, xb, yb, net=net))(p)
+            return jax.tree.map(lambda w, d: w - 0.1 * d, p, g)
+
+        return training.scan_epoch(key, params, xs, ys, step, batch_size=10)
+
+    t = timed(
+        {
+            "manual": lambda: training.epoch(
+                key, optimizer, params, state, xs, ys, batch_size=10, net=net
+            ),
+            "autodiff": lambda: autodiff_epoch(key, params, xs, ys),
+        },
+        scale,
+        repeats=scale.repeats(full=3, quick=2),
+        warmup=1,
+    )
+    epoch = dict(examples=n, batch=10, seconds=t, ratio=t["manual"] / t["autodiff"])
+    print(
+        f"convolution epoch, {n} examples, batch 10: training.epoch {t['manual']:.2f} s, "
+        f"jax.grad scan {t['autodiff']:.2f} s, ratio {epoch['ratio']:.3f}",
+        flush=True,
+    )
+    return dict(layers=layers, side=side, grad=rows, norms=norms, epoch=epoch)
+
+
 def case_compile(scale):
     rows = []
     for sizes, batch in scale.sizes[:3]:
@@ -1202,6 +1304,35 @@ def markdown(result):
             f"{r['autodiff_seconds'] * 1e3:.1f} | {r['speedup']:.1f} | {r['memory_mb']:.1f} | "
             f"{r['autodiff_memory_mb']:.1f} |"
         )
+    cv = result.get("convolution")
+    if cv:
+        lines += [
+            "",
+            f"Convolution, network3.py's network `{cv['layers']}` (then Flatten and 10 "
+            f"softmax outputs; relu, log-likelihood), {cv['side']}x{cv['side']} images: "
+            "`grad` against `jax.jit(jax.grad(loss))`, per-example norms against "
+            "`jax.vmap(jax.grad)` plus norms, and an SGD epoch at batch 10 "
+            "(`training.epoch`) against a plain `jax.grad` scan:",
+            "",
+            "| what | batch | ours ms | autodiff ms | ours / autodiff |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for r in cv["grad"]:
+            sec = r["seconds"]
+            lines.append(
+                f"| grad | {r['batch']} | {sec['manual'] * 1e3:.2f} | "
+                f"{sec['autodiff'] * 1e3:.2f} | {r['ratio']:.3f} |"
+            )
+        nm, ep = cv["norms"], cv["epoch"]
+        lines.append(
+            f"| per-example norms | {nm['batch']} | {nm['seconds']['manual'] * 1e3:.1f} | "
+            f"{nm['seconds']['autodiff'] * 1e3:.1f} | {1 / nm['speedup']:.3f} |"
+        )
+        lines.append(
+            f"| epoch, {ep['examples']} examples | {ep['batch']} | "
+            f"{ep['seconds']['manual'] * 1e3:.0f} | {ep['seconds']['autodiff'] * 1e3:.0f} | "
+            f"{ep['ratio']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -1237,6 +1368,7 @@ CASES = (
     "feedback",
     "privacy",
     "second_order",
+    "convolution",
 )
 
 
@@ -1290,6 +1422,7 @@ def main(argv=None):
         "feedback": lambda: case_feedback(scale),
         "privacy": lambda: case_privacy(scale),
         "second_order": lambda: case_second_order(scale),
+        "convolution": lambda: case_convolution(scale),
     }
     if args.only:
         for name in args.only:

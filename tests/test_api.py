@@ -29,6 +29,7 @@ FAMILIES = [
     "chain_rule",
     "privacy",
     "laplace",
+    "layers",
 ]
 
 

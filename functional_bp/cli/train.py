@@ -41,6 +41,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="MNIST: evaluate on the test or the validation set",
     )
     common.add_network_options(parser, None)
+    parser.add_argument(
+        "--layers",
+        default=None,
+        metavar="SPEC",
+        help="layer types instead of --sizes, comma-separated: convFxK (F filters KxK; "
+        "convFxKsSpP: stride S, P zeros around), poolS (max), avgpoolS, denseN, dropoutR; "
+        'a Flatten and the 10 outputs are added: "conv20x5,pool2,conv40x5,pool2,dense100" is '
+        "network3.py's two convolutional-pooling layers",
+    )
+    parser.add_argument(
+        "--dropout",
+        type=common.unit_interval,
+        default=None,
+        metavar="RATE",
+        help="with --layers: dropout at RATE on the input of every dense layer (network3.py's "
+        "p_dropout)",
+    )
+    parser.add_argument(
+        "--expand",
+        action="store_true",
+        help="train on the training set and its four one-pixel shifts (network3.py's "
+        "expand_mnist.py: 5x the examples)",
+    )
     parser.set_defaults(seed=None)  # not given: seed 0, and --seeds may replace it
     parser.add_argument("--epochs", type=common.count, default=30)
     parser.add_argument("--batch-size", type=common.count, default=10)
@@ -195,7 +218,7 @@ IGNORED_UNLESS = {
     ),
 }
 # The options that are Config fields of `runs.config.MEANINGFUL`.
-CONFIG_OPTIONS = ("data_dir", "download", "shared_shuffle", "damping", "ggn_decay")
+CONFIG_OPTIONS = ("data_dir", "download", "shared_shuffle", "damping", "ggn_decay", "dropout")
 CONFIG_OPTIONS += ("feedback_scale", "track_examples")
 CONFIG_OPTIONS += ("clip", "noise_multiplier", "target_epsilon", "delta", "accountant")
 
@@ -214,6 +237,9 @@ def config_from(args: argparse.Namespace) -> runs.Config:
         download=args.download,
         eval_on=args.eval_on,
         sizes=None if args.sizes is None else tuple(args.sizes),
+        layers=args.layers,
+        dropout=_given_or_default(args, "dropout"),
+        expand=args.expand,
         activation=args.activation,
         output_activation=args.output_activation,
         cost=args.cost,
@@ -257,6 +283,10 @@ def run(args: argparse.Namespace) -> int:
     outputs = Outputs(args.json, args.plot, args.save)
     common.refuse_ignored(args, IGNORED_UNLESS)
     runs.check(config, common.given(args, CONFIG_OPTIONS))
+    if args.save is not None and config.layers is not None:
+        raise ValueError(
+            "--save writes the params of dense layers (functional_bp.io): not with --layers"
+        )
     if config.dp:  # the accountant (dp-accounting) and sigma before any data is loaded
         runs.privacy_setting(config)
         for warning in runs.privacy_warnings(config):
@@ -402,7 +432,7 @@ def _write(
     if outputs.json:
         written.append(("history", runs.write_json(outputs.json, record)))
     if outputs.plot and runs.per_run(record)[0]["history"]:
-        title = f"{config.dataset} {config.layer_sizes}"
+        title = f"{config.dataset} {config.layers or config.layer_sizes}"
         written.append(("plot", plots.training(record, outputs.plot, title=title)))
     if outputs.save:
         written += [("params", path) for path in runs.save_params(outputs.save, result, config)]

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from functional_bp import curvature, data, feedback, training
+from functional_bp import core, curvature, data, feedback, training
 from functional_bp._files import check_writable
 from functional_bp.network import Network
 from functional_bp.params import INITS
@@ -49,6 +50,8 @@ NUM_CLASSES = 10
 # Each data set's training examples (digits: 1797 less a test set of 359; mnist: network.py's
 # 50,000), for the memory estimate before any data is loaded.
 TRAIN_EXAMPLES = {"digits": 1438, "mnist": 50_000}
+# Each data set's images, channels first, for networks with convolution or pooling.
+IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}
 
 MAX_SEED = 2**32
 """Seeds are in [0, MAX_SEED): ``jax.random.key(s)`` keeps the low 32 bits of ``s``
@@ -89,6 +92,13 @@ class Config:
       download: download MNIST if it is missing.
       eval_on: "test" or "validation" (MNIST only: digits has a test set alone).
       sizes: layer sizes, input first; None for the data set's default [n_in, 30, 10].
+      layers: layer types instead of sizes, as text (`parse_layers`): "conv20x5,pool2,
+        dense100" is a convolution of 20 filters 5x5, max-pooling 2x2 and 100 dense
+        neurons, then the 10 output neurons. None: dense layers of ``sizes``.
+      dropout: with ``layers``, dropout at this rate on the input of every dense layer
+        (network3.py's ``p_dropout``); 0 for none.
+      expand: train on the training set and its four one-pixel shifts (network3.py's
+        expand_mnist.py; 5x the examples).
       activation: the `Network`'s.
       output_activation: the `Network`'s.
       cost: the `Network`'s.
@@ -131,6 +141,9 @@ class Config:
     download: bool = False
     eval_on: str = "test"
     sizes: Optional[tuple[int, ...]] = None
+    layers: Optional[str] = None
+    dropout: float = 0.0
+    expand: bool = False
     activation: str = "sigmoid"
     output_activation: Optional[str] = None
     cost: str = "quadratic"
@@ -166,7 +179,17 @@ class Config:
 
     @property
     def net(self) -> Network:
-        return Network(self.activation, self.output_activation, self.cost)
+        layers = None if self.layers is None else parse_layers(self.layers, self.dropout)
+        return Network(self.activation, self.output_activation, self.cost, layers)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One example's shape: an image (C, H, W) for layers that start with a
+        convolution or pooling, else a vector."""
+        net = self.net
+        if core.example_ndim(net) == 3:
+            return IMAGE_SHAPES[self.dataset]
+        return (DATASETS[self.dataset],)
 
     @property
     def dtype(self):
@@ -184,6 +207,60 @@ class Config:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def parse_layers(text: str, dropout: float = 0.0) -> tuple:
+    """The layer types of ``--layers`` text, comma-separated: ``convFxK`` (F filters of
+    K x K, stride 1, no padding; ``convFxKsS`` stride S, ``convFxKpP`` P zeros around),
+    ``poolS`` (max-pooling S x S), ``avgpoolS``, ``denseN``, ``dropoutR``. A `Flatten`
+    goes before the first dense layer after images, and the 10 output neurons
+    (``Dense(10)``) come last; ``dropout`` > 0 puts ``Dropout(dropout)`` on the input of
+    every dense layer, as network3.py's ``p_dropout``.
+
+    Examples:
+      >>> parse_layers("conv20x5,pool2,dense100")  # doctest: +NORMALIZE_WHITESPACE
+      (Conv2D(filters=20, kernel=(5, 5), stride=(1, 1), padding='valid'), MaxPool2D(size=2),
+       Flatten(), Dense(n=100), Dense(n=10))
+    """
+    from functional_bp import layers as kinds
+
+    patterns = [
+        (r"conv(\d+)x(\d+)(?:s(\d+))?(?:p(\d+))?", lambda f, k, st, pad: kinds.Conv2D(
+            int(f), int(k), stride=int(st or 1), padding=int(pad) if pad else "valid")),
+        (r"pool(\d+)", lambda n: kinds.MaxPool2D(int(n))),
+        (r"avgpool(\d+)", lambda n: kinds.AvgPool2D(int(n))),
+        (r"dense(\d+)", lambda n: kinds.Dense(int(n))),
+        (r"dropout(0?\.\d+|0)", lambda r: kinds.Dropout(float(r))),
+    ]
+    specs, images = [], True
+    tokens = [t.strip().lower() for t in str(text).split(",")]
+    for token in tokens + ["dense10"]:
+        for pattern, make in patterns:
+            match = re.fullmatch(pattern, token)
+            if match:
+                break
+        else:
+            raise ValueError(
+                f"Unknown layer {token!r} in layers {text!r}: expected convFxK (convFxKsSpP), "
+                f"poolS, avgpoolS, denseN or dropoutR, comma-separated"
+            )
+        try:
+            spec = make(*match.groups())
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"layer {token!r} in layers {text!r}: {error}") from None
+        if isinstance(spec, kinds.Dense):
+            if images and any(not isinstance(s, kinds.Dropout) for s in specs):
+                specs.append(kinds.Flatten())
+            images = False
+            if dropout:
+                specs.append(kinds.Dropout(dropout))
+        elif not images and not isinstance(spec, kinds.Dropout):
+            raise ValueError(
+                f"layer {token!r} in layers {text!r} comes after a dense layer: convolution "
+                f"and pooling take images, so they come first"
+            )
+        specs.append(spec)
+    return tuple(specs)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -234,6 +311,7 @@ def _numbers(config: Config) -> None:
         _require(math.isfinite(value) and value >= 0, f"Expected {name} >= 0, got {value}")
     _require(config.damping > 0, f"Expected damping > 0, got {config.damping}")
     _require(0 <= config.ggn_decay < 1, f"Expected ggn_decay in [0, 1), got {config.ggn_decay}")
+    _require(0 <= config.dropout < 1, f"Expected dropout in [0, 1), got {config.dropout}")
 
 
 # The rules that draw random matrices (init_feedback's scale): the others take none.
@@ -247,6 +325,10 @@ def _feedback_rule(config: Config) -> bool:
 # Every field that only some configs use: field -> (when it is used, why it is not here).
 # `check` refuses a field that is set where it would be ignored, rather than ignore it.
 MEANINGFUL: dict[str, tuple[Callable[[Config], bool], Callable[[Config], str]]] = {
+    "dropout": (
+        lambda c: c.layers is not None,
+        lambda c: "it drops the inputs of the dense layers of layers (--layers), and none are given",
+    ),
     "data_dir": (
         lambda c: c.dataset == "mnist",
         lambda c: f"it is where MNIST is, and dataset {c.dataset} is bundled",
@@ -302,25 +384,62 @@ def _ignored(config: Config, given: Optional[Mapping[str, str]]) -> None:
             _require(used(config), f"{name} would be ignored: {why(config)}")
 
 
+def _layered(config: Config, net: Network) -> None:
+    """What a network of layer types cannot train with, and shapes that do not fit."""
+    from functional_bp import layers as kinds
+
+    _require(config.sizes is None, "give layers or sizes, not both")
+    kinds.shapes(net, config.input_shape)  # a kernel too large, a pool that does not divide
+    _require(
+        not config.track,
+        f"track {','.join(config.track)} is for dense layers only (the noise scale and the "
+        "per-layer norms of statistics and diagnostics): not with layers",
+    )
+    _require(
+        config.rule != "dfa",
+        "rule dfa sends the output error to each hidden layer through an (n_L, n_l) matrix "
+        "and is for dense layers only: with layers use fa, kp, sign, usf, frsf or brsf",
+    )
+    _require(
+        jax.process_count() == 1,
+        "several processes train dense layers only (parallel.data_parallel_epoch): with "
+        "layers train in one process",
+    )
+
+
+def _layered_counts(config: Config) -> tuple[int, int]:
+    """(params, neurons) of the network: weights and biases, and every layer's outputs."""
+    from functional_bp import layers as kinds
+
+    if config.layers is None:
+        sizes = config.layer_sizes
+        return sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:])), sum(sizes[1:])
+    net = config.net
+    params = sum(math.prod(w) + math.prod(b) for w, b in kinds.weight_shapes(net, config.input_shape))
+    neurons = sum(math.prod(shape) for shape in kinds.shapes(net, config.input_shape)[1:])
+    return params, neurons
+
+
 def memory_estimate(config: Config) -> int:
     """A lower bound on the bytes of the arrays training holds at once, from the sizes,
     the dtype and the number of runs: per run the params, their gradient and update,
     the optimizer's state, a rule's B, a mini-batch's activations and error terms (dp:
     the padded Poisson batch's), and
-    the activations of the training set that each epoch is measured on (at once)."""
-    sizes, itemsize = config.layer_sizes, jnp.dtype(config.dtype).itemsize
-    params = sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:]))
-    units = sum(sizes[1:])
+    the activations of the training set that each epoch is measured on (at once for
+    several runs, 10,000 examples at a time for one)."""
+    itemsize = jnp.dtype(config.dtype).itemsize
+    params, units = _layered_counts(config)
     per_run = params * (3 + _SLOTS.get(config.optimizer, 0))
     per_run += params if config.rule != "bp" else 0
-    n_train = TRAIN_EXAMPLES.get(config.dataset, 0)
+    n_train = TRAIN_EXAMPLES.get(config.dataset, 0) * (5 if config.expand else 1)
     batch = min(config.batch_size, n_train)  # a larger batch is the set
     if config.dp and n_train and batch >= 1:  # a Poisson batch is padded to its max_batch
         from functional_bp import privacy
 
         batch = privacy.default_max_batch(n_train, batch / n_train)
     per_run += 3 * batch * units
-    per_run += 2 * n_train * units
+    # One run measures the sets in batches of 10,000 (diagnostics.evaluate); several at once.
+    per_run += 2 * (n_train if len(config.runs) > 1 else min(n_train, 10_000)) * units
     if config.track or config.rule != "bp":
         per_run += 2 * min(config.track_examples, n_train) * units
     return itemsize * len(config.runs) * per_run
@@ -346,8 +465,9 @@ def _memory(config: Config) -> None:
     need, limit = memory_estimate(config), memory_limit()
     _require(
         need <= limit,
-        f"{len(config.runs)} run{'s' if len(config.runs) > 1 else ''} of sizes "
-        f"{','.join(map(str, config.layer_sizes))} would need at least {need / 2**30:.1f} GiB "
+        f"{len(config.runs)} run{'s' if len(config.runs) > 1 else ''} of "
+        + (f"layers {config.layers}" if config.layers else f"sizes {','.join(map(str, config.layer_sizes))}")
+        + f" would need at least {need / 2**30:.1f} GiB "
         f"(params, optimizer state, a mini-batch and the measured activations, "
         f"{jnp.dtype(config.dtype).name}), more than the {limit / 2**30:.1f} GiB allowed (half "
         "of this machine's or device's memory): give fewer seeds or learning rates (--seeds, "
@@ -379,13 +499,16 @@ def check(config: Config, given: Optional[Mapping[str, str]] = None) -> None:
     for name in config.track:
         _one_of(name, "track", TRACKS)
     _numbers(config)
-    config.net  # noqa: B018 (builds the Network: an incompatible cost raises here)
-    sizes, n_in = config.layer_sizes, DATASETS[config.dataset]
-    _require(
-        len(sizes) >= 2 and min(sizes) >= 1 and sizes[0] == n_in and sizes[-1] == NUM_CLASSES,
-        f"sizes {','.join(map(str, sizes))} does not fit {config.dataset}: it needs "
-        f"{n_in} inputs and {NUM_CLASSES} outputs",
-    )
+    net = config.net  # builds the Network: an incompatible cost or layer raises here
+    if config.layers is not None:
+        _layered(config, net)
+    else:
+        sizes, n_in = config.layer_sizes, DATASETS[config.dataset]
+        _require(
+            len(sizes) >= 2 and min(sizes) >= 1 and sizes[0] == n_in and sizes[-1] == NUM_CLASSES,
+            f"sizes {','.join(map(str, sizes))} does not fit {config.dataset}: it needs "
+            f"{n_in} inputs and {NUM_CLASSES} outputs",
+        )
     _require(
         config.eval_on == "test" or config.dataset == "mnist",
         f"{config.dataset} has no validation set: eval_on validation is for mnist",
@@ -633,7 +756,9 @@ class Data(NamedTuple):
 
 
 def load(config: Config) -> Data:
-    """The config's data set in its dtype, targets one-hot."""
+    """The config's data set in its dtype, targets one-hot; images (N, C, H, W) for a
+    network that starts with a convolution or pooling; with ``expand``, the training
+    set and its one-pixel shifts."""
     if config.dataset == "digits":
         train, evaluation = data.load_digits()
         name = "test"
@@ -641,10 +766,14 @@ def load(config: Config) -> Data:
         train, validation, test = data.load_mnist(config.data_dir, download=config.download)
         name = config.eval_on
         evaluation = validation if name == "validation" else test
+    if config.expand:
+        train = data.expand_shifts(train, IMAGE_SHAPES[config.dataset][1:])
+    shape = config.input_shape  # images (C, H, W) for convolution and pooling
     xs, ys = (jnp.asarray(a, config.dtype) for a in (train.x, data.one_hot(train.y)))
     eval_xs, eval_ys = (
         jnp.asarray(a, config.dtype) for a in (evaluation.x, data.one_hot(evaluation.y))
     )
+    xs, eval_xs = (a.reshape(a.shape[0], *shape) for a in (xs, eval_xs))
     return Data(xs, ys, train.y, eval_xs, eval_ys, evaluation.y, name)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from functional_bp import core, diagnostics, feedback, parallel, per_example, statistics, training
 from functional_bp.gradients import loss
+from functional_bp.layers import init_network
 from functional_bp.params import Layer, init_mlp
 from functional_bp.runs.config import Config, Data, Privacy, check, optimizer, privacy_setting
 from functional_bp.runs.records import Epoch, Interrupted, Result, summary, sweep_summary
@@ -100,14 +101,21 @@ def _initial_state(config: Config, many: bool):
         init_keys, keys = _split(jnp.stack([jax.random.key(s) for s in seeds]), True)
     else:
         init_keys, keys = _split(jax.random.key(seeds[0]), False)
-    init = _lift(init_mlp, ["key"], many)
-    params = init(init_keys, config.layer_sizes, init=config.init, dtype=config.dtype)
+    if config.layers is None:
+        init = _lift(init_mlp, ["key"], many)
+        params = init(init_keys, config.layer_sizes, init=config.init, dtype=config.dtype)
+    else:
+        net, shape = config.net, config.input_shape
+        init = _lift(lambda key: init_network(key, net, shape, init=config.init, dtype=config.dtype), ["key"], many)
+        params = init(init_keys)
     if config.rule == "bp":
         return keys, params
     feedback_keys = [jax.random.key(s + FEEDBACK_SEED_OFFSET) for s in seeds]
     feedback_keys = jnp.stack(feedback_keys) if many else feedback_keys[0]
     init_feedback = _lift(feedback.init_feedback, ["key", "params"], many)
-    matrices = init_feedback(feedback_keys, params, config.rule, scale=config.feedback_scale)
+    matrices = init_feedback(
+        feedback_keys, params, config.rule, scale=config.feedback_scale, net=config.net
+    )
     return keys, feedback.FeedbackParams(params, matrices)
 
 
