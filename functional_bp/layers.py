@@ -255,21 +255,29 @@ class Conv2D(LayerSpec):
         return Layer(w, jnp.sum(delta, axis=(0, 2, 3)))
 
     def patches(self, a_prev: Array) -> Array:
-        """Every receptive field of a^{l-1}: (batch, C kh kw, out_h, out_w)."""
-        return lax.conv_general_dilated_patches(
-            a_prev,
-            self.kernel,
-            self.stride,
-            self._pads(a_prev.shape[2:]),
-            dimension_numbers=_IMAGE,
-        )
+        """Every receptive field of a^{l-1}: (batch, C, kh, kw, out_h, out_w), by strided
+        slices of the padded input (data movement only; `jax.lax`'s patches primitive
+        is a convolution with a one-hot kernel, C kh kw times the multiply-adds)."""
+        (lo_h, hi_h), (lo_w, hi_w) = self._pads(a_prev.shape[2:])
+        a = jnp.pad(a_prev, ((0, 0), (0, 0), (lo_h, hi_h), (lo_w, hi_w)))
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        out_h = (a.shape[2] - kh) // sh + 1
+        out_w = (a.shape[3] - kw) // sw + 1
+        rows = [
+            jnp.stack(
+                [a[:, :, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw]
+                 for j in range(kw)],
+                axis=2,
+            )
+            for i in range(kh)
+        ]
+        return jnp.stack(rows, axis=2)
 
     def per_example_gradient(self, delta: Array, a_prev: Array) -> Layer:
         """Eq 99 carried over for every example: delta_i^l (batch, filters, out_h, out_w)
-        times the receptive fields of a_i^{l-1}, one batched matrix product; w of shape
-        (batch, filters, C, kh, kw)."""
-        w = jnp.einsum("nopq,nkpq->nok", delta, self.patches(a_prev))
-        w = w.reshape(delta.shape[0], delta.shape[1], a_prev.shape[1], *self.kernel)
+        against the receptive fields of a_i^{l-1}, one batched matrix product over the
+        positions; w of shape (batch, filters, C, kh, kw)."""
+        w = jnp.einsum("nopq,nckdpq->nockd", delta, self.patches(a_prev))
         return Layer(w, jnp.sum(delta, axis=(2, 3)))
 
 

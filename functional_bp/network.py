@@ -230,7 +230,7 @@ def jit_with_net(fn=None, *, static: tuple[str, ...] = ()):
             value = args[i] if i < len(args) else kwargs.get(name)
             _check_hashable(value, name, fn.__name__)
         if label_position is not None:
-            _check_label_values(args, kwargs, label_position, params_position)
+            _check_label_values(args, kwargs, label_position, params_position, net)
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
@@ -244,7 +244,7 @@ def jit_with_net(fn=None, *, static: tuple[str, ...] = ()):
 
 
 def _check_label_values(
-    args: tuple, kwargs: dict, position: tuple[int, str], params_position: int
+    args: tuple, kwargs: dict, position: tuple[int, str], params_position: int, net
 ) -> None:
     index, name = position
     labels = args[index] if index < len(args) else kwargs.get(name)
@@ -252,10 +252,13 @@ def _check_label_values(
     dtype = getattr(labels, "dtype", None)
     if dtype is None or not jnp.issubdtype(dtype, jnp.integer):
         return  # one-hot or real targets, or not an array (the trace-time checks say so)
-    try:
-        n_out = np.shape(params[-1][0])[0]
-    except (TypeError, IndexError, KeyError):
-        return  # not a list of Layer: the trace-time checks say so
+    if isinstance(net, Network) and net.layers is not None:
+        n_out = net.layers[-1].n  # the output layer's own count, whatever the params hold
+    else:
+        try:
+            n_out = np.shape(params[-1][0])[0]
+        except (TypeError, IndexError, KeyError):
+            return  # not a list of Layer: the trace-time checks say so
     check_label_range(labels, n_out, name)
 
 

@@ -124,6 +124,50 @@ CASES = {
     ),
 }
 
+# The layer types (functional_bp.layers) under the functions that take them: a network
+# of every type, dropout on, as a convolutional user's step would run.
+CONV = fbp.Network(
+    activation="relu",
+    output_activation="softmax",
+    cost="log_likelihood",
+    layers=(
+        fbp.layers.Conv2D(3, 3, stride=2, padding="same"),
+        fbp.layers.MaxPool2D(2),
+        fbp.layers.Conv2D(2, 2),
+        fbp.layers.AvgPool2D(1),
+        fbp.layers.Flatten(),
+        fbp.layers.Dropout(0.5),
+        fbp.layers.Dense(2),
+    ),
+)
+CONV_PARAMS = fbp.layers.init_network(KEY, CONV, (1, 8, 8))
+IMAGES = jax.random.normal(jax.random.key(2), (4, 1, 8, 8), jnp.float32)
+LAYER_CASES = {
+    "grad with layers": (
+        lambda p, x, y: fbp.grad(p, x, y, net=CONV, key=KEY),
+        (CONV_PARAMS, IMAGES, LABELS),
+    ),
+    "per_example_grad_norms with layers": (
+        lambda p, x, y: per_example.per_example_grad_norms(p, x, y, net=CONV, key=KEY),
+        (CONV_PARAMS, IMAGES, LABELS),
+    ),
+    "train_step with layers": (
+        lambda p, s, x, y: training.train_step(
+            KEY, SGD, p, s, x, y, gradient=per_example.PrivateGradient(1.0, 1.0), net=CONV
+        ),
+        (CONV_PARAMS, SGD.init(CONV_PARAMS), IMAGES, LABELS),
+    ),
+    "diag_ggn with layers": (
+        lambda p, x, y: curvature.diag_ggn(p, x, y, net=CONV),
+        (CONV_PARAMS, IMAGES, LABELS),
+    ),
+    "feedback_grad with layers": (
+        lambda p, x, y: feedback.feedback_grad(p, None, x, y, rule="sign", net=CONV),
+        (CONV_PARAMS, IMAGES, LABELS),
+    ),
+}
+CASES.update(LAYER_CASES)
+
 
 def _jitted_public_functions() -> set[str]:
     names = set()
