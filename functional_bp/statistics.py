@@ -3,7 +3,11 @@
 The core keeps every example's error terms delta_i^l and activations a_i^{l-1}, and a
 dense layer's g_i is their outer product (eq 99). So each statistic below is a few matrix
 products over the batch; no per-example gradient of shape (batch, n_l, n_{l-1}) is ever
-built (BackPACK's BatchL2Grad, SumGradSquared, Variance and BatchDotGrad, in JAX).
+built (BackPACK's BatchL2Grad, SumGradSquared, Variance and BatchDotGrad, in JAX). A
+convolution (`functional_bp.layers`) has no such factorisation: its per-example
+gradients, batch x filters x C x kh x kw numbers, are formed for it alone (the dense
+layers of the same network keep the outer products). Functions take no key, so a
+`Dropout` layer is the identity here.
 
 Numerics. Every statistic is computed in at least float32: float16 and bfloat16 params,
 xs and ys are cast up first (a square of a float16 gradient underflows below 2.4e-4 and
@@ -24,6 +28,7 @@ import numpy as np
 
 from functional_bp import core
 from functional_bp._validation import check_values, finite_array
+from functional_bp.layers import is_dense, layer_types
 from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
 from functional_bp.per_example import norms_from_record
@@ -38,12 +43,32 @@ def _cast(tree, dtype):
     return jax.tree.map(lambda leaf: leaf.astype(dtype), tree)
 
 
-def _squares(result: core.Record) -> list[Layer]:
+def _squares(result: core.Record, net: Network) -> list[Layer]:
     """sum_i g_i^2 entry by entry: eq 99 squared is (delta_i^2)(a_i^2)^T, so the sum over
-    the batch is one matrix product, (delta^2)^T (a^2); for b, sum_i delta_i^2."""
-    return [
-        core.Dense.gradient(d**2, a**2) for d, a in zip(result.deltas, result.cache.activations)
-    ]
+    the batch is one matrix product, (delta^2)^T (a^2); for b, sum_i delta_i^2. A
+    convolution's squares do not factor (a sum over positions): its per-example
+    gradients are formed and squared."""
+    squares = []
+    for kind, d, a in zip(layer_types(net, len(result.deltas)), result.deltas, result.cache.activations):
+        if is_dense(kind):
+            squares.append(core.Dense.gradient(d**2, a**2))
+        else:
+            g = kind.per_example_gradient(d, a)
+            squares.append(jax.tree.map(lambda leaf: jnp.sum(leaf**2, axis=0), g))
+    return squares
+
+
+def _grams(result: core.Record, net: Network) -> list[Array]:
+    """<g_i^l, g_j^l> of every layer, (N, N): (D D^T) ⊙ (A A^T + 1) for a dense layer; a
+    convolution's from its per-example gradients, flattened."""
+    grams = []
+    for kind, d, a in zip(layer_types(net, len(result.deltas)), result.deltas, result.cache.activations):
+        if is_dense(kind):
+            grams.append((d @ d.T) * (a @ a.T + 1))
+        else:
+            g = [leaf.reshape(leaf.shape[0], -1) for leaf in kind.per_example_gradient(d, a)]
+            grams.append(sum(leaf @ leaf.T for leaf in g))
+    return grams
 
 
 @check_values(xs=finite_array, ys=finite_array)
@@ -75,9 +100,9 @@ def sum_grad_squared(
       >>> [g.w.shape for g in fbp.statistics.sum_grad_squared(params, xs, ys)]
       [(4, 3), (2, 4)]
     """
-    core.check(net, params, xs, ys)
+    core.check(net, params, xs, ys, layered=True)
     dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
-    return _cast(_squares(core.backprop_batch(net, params, xs, ys)), dtype)
+    return _cast(_squares(core.backprop_batch(net, params, xs, ys), net), dtype)
 
 
 @check_values(xs=finite_array, ys=finite_array)
@@ -107,11 +132,12 @@ def grad_variance(
       >>> [v.w.shape for v in variance], bool(all((v.w >= 0).all() for v in variance))
       ([(4, 3), (2, 4)], True)
     """
-    core.check(net, params, xs, ys)
+    core.check(net, params, xs, ys, layered=True)
     dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
     result = core.backprop_batch(net, params, xs, ys)
     n = xs.shape[0]
-    summed, squares = core.summed_gradients(result.deltas, result.cache), _squares(result)
+    summed = core.summed_gradients(result.deltas, result.cache, net=net)
+    squares = _squares(result, net)
     # Rounding can leave -1e-17 where the variance is 0; a variance is never negative.
     variance = jax.tree.map(lambda s, q: jnp.maximum(q / n - (s / n) ** 2, 0), summed, squares)
     return _cast(variance, dtype)
@@ -166,10 +192,9 @@ def batch_dot(
       >>> fbp.statistics.batch_dot(params, xs, ys, per_layer=True).shape
       (2, 5, 5)
     """
-    core.check(net, params, xs, ys)
+    core.check(net, params, xs, ys, layered=True)
     dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
-    result = core.backprop_batch(net, params, xs, ys)
-    grams = [(d @ d.T) * (a @ a.T + 1) for d, a in zip(result.deltas, result.cache.activations)]
+    grams = _grams(core.backprop_batch(net, params, xs, ys), net)
     if per_layer:
         return jnp.stack(grams).astype(dtype)
     return sum(grams).astype(dtype)
@@ -259,7 +284,7 @@ def gradient_noise_scale(
       >>> scale.b_simple.shape, bool(scale.trace >= 0)
       ((), True)
     """
-    core.check(net, params, xs, ys)
+    core.check(net, params, xs, ys, layered=True)
     n = xs.shape[0]
     if n < 2:
         raise ValueError(
@@ -269,9 +294,9 @@ def gradient_noise_scale(
     result = core.backprop_batch(net, params, xs, ys)
     mean_sq = sum(
         jnp.sum((g / n) ** 2)
-        for g in jax.tree.leaves(core.summed_gradients(result.deltas, result.cache))
+        for g in jax.tree.leaves(core.summed_gradients(result.deltas, result.cache, net=net))
     )
-    squared = norms_from_record(result).total ** 2  # ||g_i||^2, from the error terms (per_example)
+    squared = norms_from_record(result, net=net).total ** 2  # ||g_i||^2, from the error terms (per_example)
     # A sum of squared deviations is never negative; rounding can leave -1e-17 at 0.
     trace = jnp.maximum((jnp.sum(squared) - n * mean_sq) / (n - 1), 0)
     grad_norm_sq = mean_sq - trace / n

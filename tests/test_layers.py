@@ -410,6 +410,30 @@ def test_per_example_grads_and_norms():
         np.testing.assert_allclose(layer.b, b_norm, rtol=1e-10)
 
 
+def test_statistics_against_materialised_per_example_gradients():
+    """sum_grad_squared, grad_variance, batch_dot (whole and per layer) and the noise
+    scale of a conv net, from the per-example gradients of the lax reference."""
+    params, xs, ys = _conv_problem()
+    expected = ref_per_example_grads(params, xs, ys, CONV_POOL)
+    squares = jax.tree.map(lambda g: jnp.sum(g**2, axis=0), expected)
+    variance = jax.tree.map(lambda g: jnp.var(g, axis=0), expected)
+    assert_tree_close(statistics.sum_grad_squared(params, xs, ys, net=CONV_POOL), squares, RTOL)
+    assert_tree_close(statistics.grad_variance(params, xs, ys, net=CONV_POOL), variance, 1e-9)
+    per_layer = [
+        sum(leaf.reshape(5, -1) @ leaf.reshape(5, -1).T for leaf in layer) for layer in expected
+    ]
+    got = statistics.batch_dot(params, xs, ys, net=CONV_POOL, per_layer=True)
+    np.testing.assert_allclose(got, np.stack(per_layer), rtol=1e-10, atol=1e-14)
+    flat = jnp.concatenate([leaf.reshape(5, -1) for leaf in jax.tree.leaves(expected)], axis=1)
+    whole = statistics.batch_dot(params, xs, ys, net=CONV_POOL)
+    np.testing.assert_allclose(whole, flat @ flat.T, rtol=1e-10, atol=1e-14)
+    mean = flat.mean(axis=0)
+    trace = float(jnp.sum((flat - mean[None, :]) ** 2) / 4)
+    noise = statistics.gradient_noise_scale(params, xs, ys, net=CONV_POOL)
+    np.testing.assert_allclose(noise.trace, trace, rtol=1e-10)
+    np.testing.assert_allclose(noise.grad_norm_sq, float(mean @ mean) - trace / 5, rtol=1e-9)
+
+
 def test_clipped_and_private_grad():
     params, xs, ys = _conv_problem()
     expected = ref_per_example_grads(params, xs, ys, CONV_POOL)

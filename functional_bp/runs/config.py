@@ -391,9 +391,9 @@ def _layered(config: Config, net: Network) -> None:
     _require(config.sizes is None, "give layers or sizes, not both")
     kinds.shapes(net, config.input_shape)  # a kernel too large, a pool that does not divide
     _require(
-        not config.track,
-        f"track {','.join(config.track)} is for dense layers only (the noise scale and the "
-        "per-layer norms of statistics and diagnostics): not with layers",
+        "layer-norms" not in config.track,
+        "track layer-norms is for dense layers only (diagnostics.layer_gradient_norms): not "
+        "with layers",
     )
     _require(
         config.rule != "dfa",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import functional_bp as fbp
-from functional_bp import _second_order, curvature, feedback, laplace, statistics
+from functional_bp import _second_order, curvature, diagnostics, feedback, laplace
 from functional_bp.layers import (
     AvgPool2D,
     Conv2D,
@@ -179,9 +179,9 @@ DENSE_ONLY = r"dense layers only; net.layers has Conv2D\(filters=2.*at layer 1"
 def test_dense_only_functions_refuse_conv_nets():
     params, xs, ys = _problem()
     with pytest.raises(ValueError, match=DENSE_ONLY):
-        statistics.batch_dot(params, xs, ys, net=NET)
-    with pytest.raises(ValueError, match=DENSE_ONLY):
         curvature.kfac_factors(params, xs, ys, net=NET)
+    with pytest.raises(ValueError, match=DENSE_ONLY):
+        diagnostics.layer_gradient_norms(params, xs, ys, net=NET)
     with pytest.raises(ValueError, match=DENSE_ONLY):
         _second_order.hessian_vector_product(params, params, xs, ys, net=NET)
     with pytest.raises(ValueError, match=DENSE_ONLY):
@@ -194,7 +194,7 @@ def test_dense_only_function_names_a_dropout_layer():
     with pytest.raises(
         ValueError, match=r"dense layers only; net.layers has Dropout\(rate=0.5\) at layer 2"
     ):
-        statistics.batch_dot(params, jnp.ones((2, 3)), jnp.zeros((2, 2)), net=net)
+        curvature.kfac_factors(params, jnp.ones((2, 3)), jnp.zeros((2, 2)), net=net)
 
 
 def test_dfa_refused():

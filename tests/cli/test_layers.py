@@ -43,6 +43,7 @@ def test_config_with_layers_loads_images_and_expands():
 def test_train_digits_with_convolution_dropout_and_shifts(tmp_path, capsys):
     argv = ["train", *CONV, *SOFTMAX, "--dropout", "0.25", "--expand", "--epochs", "2"]
     argv += ["--learning-rate", "0.1", "--json", str(tmp_path / "h.json")]
+    argv += ["--track", "noise-scale", "--track-examples", "64"]
     status, err = run(argv, capsys)
     assert status == 0, err
     record = read_json(tmp_path / "h.json")
@@ -50,6 +51,7 @@ def test_train_digits_with_convolution_dropout_and_shifts(tmp_path, capsys):
     assert record["config"]["dropout"] == 0.25 and record["config"]["expand"] is True
     assert len(record["history"]) == 2
     assert record["final_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert all(row["noise_scale"] > 0 for row in record["history"])
 
 
 @pytest.mark.parametrize(
@@ -63,7 +65,7 @@ def test_train_digits_with_convolution_dropout_and_shifts(tmp_path, capsys):
         (["--layers", "dense16,conv4x3"], "after a dense layer"),
         (["--layers", "conv4x3", "--sizes", "64,8,10"], "not both"),
         ([*CONV, "--rule", "dfa"], "dfa"),
-        ([*CONV, "--track", "noise-scale"], "noise-scale"),
+        ([*CONV, "--track", "layer-norms"], "layer-norms"),
         ([*CONV, "--dropout", "1"], "--dropout"),
     ],
 )
