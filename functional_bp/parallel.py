@@ -68,7 +68,9 @@ def _check_divisible(mesh: Mesh, axis: str, batch: int) -> None:
 class ShardedGradient(core.Gradient):
     """Backprop's mean gradient with the mini-batch split over ``mesh``'s ``axis``: each
     device computes the mean gradient of its shard, `lax.pmean` averages them (equal
-    shards, so the mean over the whole mini-batch); params and result replicated.
+    shards, so the mean over the whole mini-batch); params and result replicated. Any
+    layer type (`functional_bp.layers`); a network with dropout draws each shard's masks
+    from the step's key folded with the shard's index.
 
     Attributes:
       mesh: a `jax.sharding.Mesh`, for example `data_mesh()` (static).
@@ -85,21 +87,29 @@ class ShardedGradient(core.Gradient):
     mesh: Mesh = dataclasses.field(metadata={"static": True})
     axis: str = dataclasses.field(default="data", metadata={"static": True})
 
+    layered = True  # any layer type: the batch axis is split, whatever the example's shape
+
     def __call__(self, key, net, params, xs, ys):
+        # Dropout: each shard draws its masks from the key folded with its index.
+        drop = key if net.has_dropout else None
+        replicated = PartitionSpec()
+
         @functools.partial(
             jax.shard_map,
             mesh=self.mesh,
-            in_specs=(PartitionSpec(), PartitionSpec(self.axis), PartitionSpec(self.axis)),
-            out_specs=PartitionSpec(),
+            in_specs=(replicated, PartitionSpec(self.axis), PartitionSpec(self.axis), replicated),
+            out_specs=replicated,
         )
-        def sharded(params, xs, ys):
-            grads = core.mean_value_and_grad(net, params, xs, ys)[1]
+        def sharded(params, xs, ys, drop):
+            if drop is not None:
+                drop = jax.random.fold_in(drop, jax.lax.axis_index(self.axis))
+            grads = core.mean_value_and_grad(net, params, xs, ys, key=drop)[1]
             return jax.lax.pmean(grads, self.axis)
 
-        return sharded(params, xs, ys)
+        return sharded(params, xs, ys, drop)
 
     def check(self, net, params, xs, ys) -> None:
-        core.check(net, params, xs, ys)
+        core.check(net, params, xs, ys, layered=True)
         _check_divisible(self.mesh, self.axis, xs.shape[0])
 
 

@@ -7,6 +7,9 @@ forward maps must broadcast their biases explicitly.
 """
 
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +20,15 @@ from conftest import assert_tree_close, random_problem
 from jax.flatten_util import ravel_pytree
 
 import functional_bp as fbp
-from functional_bp import core, curvature, feedback, per_example, statistics, training
+from functional_bp import (
+    core,
+    curvature,
+    feedback,
+    parallel,
+    per_example,
+    statistics,
+    training,
+)
 from functional_bp.layers import (
     AvgPool2D,
     Conv2D,
@@ -728,3 +739,58 @@ def test_core_check_and_backprop_batch():
     one = fbp.backprop(params, xs[0], ys[0], net=CONV_POOL)
     expected = jax.tree.map(lambda g: g[0], ref_per_example_grads(params, xs, ys, CONV_POOL))
     assert_tree_close(one, expected, RTOL)
+
+
+# --- 11. data parallelism ------------------------------------------------------------
+
+SHARDED_SCRIPT = """
+import jax, jax.numpy as jnp
+jax.config.update("jax_enable_x64", True)
+import functional_bp as fbp
+from functional_bp.layers import Conv2D, Dense, Flatten, MaxPool2D, init_network
+from functional_bp.parallel import ShardedGradient, data_mesh
+net = fbp.Network("tanh", "softmax", "log_likelihood",
+                  layers=(Conv2D(3, 3), MaxPool2D(2), Flatten(), Dense(4)))
+params = init_network(jax.random.key(0), net, (2, 8, 8), dtype=jnp.float64)
+xs = jax.random.normal(jax.random.key(1), (8, 2, 8, 8), jnp.float64)
+ys = jnp.arange(8) % 4
+expected = fbp.grad(params, xs, ys, net=net)
+for n in (1, 4):
+    got = ShardedGradient(data_mesh(n))(None, net, params, xs, ys)
+    error = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                zip(jax.tree.leaves(got), jax.tree.leaves(expected)))
+    print(f"devices {n} error {error:.3g}")
+"""
+
+
+@pytest.mark.slow
+def test_sharded_gradient_of_a_conv_net_on_4_cpu_devices_equals_grad():
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        JAX_PLATFORMS="cpu",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    errors = dict(line.split(" error ") for line in out.stdout.splitlines())
+    assert set(errors) == {"devices 1", "devices 4"}
+    assert all(float(error) < 1e-13 for error in errors.values()), out.stdout
+
+
+def test_sharded_gradient_with_dropout_draws_from_the_step_key():
+    params, xs, ys = _conv_problem()
+    net = fbp.Network(
+        CONV_POOL.activation,
+        CONV_POOL.output_activation,
+        CONV_POOL.cost,
+        layers=(*CONV_POOL.layers[:-1], Dropout(0.5), CONV_POOL.layers[-1]),
+    )
+    gradient = parallel.ShardedGradient(parallel.data_mesh(1))
+    key = jax.random.key(4)
+    # One shard: its masks are those of the key folded with shard index 0.
+    expected = fbp.grad(params, xs, ys, net=net, key=jax.random.fold_in(key, 0))
+    assert_tree_close(gradient(key, net, params, xs, ys), expected, RTOL)
+    without = gradient(None, net, params, xs, ys)
+    assert_tree_close(without, fbp.grad(params, xs, ys, net=net), RTOL)
