@@ -1,6 +1,8 @@
 """Saving and loading params as ``.npz``: arrays and plain metadata, never pickle.
 
-A file holds the entries ``header`` (JSON: format, sizes, dtype and the metadata),
+A file holds the entries ``header`` (JSON: format, sizes, dtype and the metadata; for the
+params of a network with `functional_bp.layers`, whose w may have rank 4, the shapes of
+every layer's w and b instead of the sizes),
 ``w1``, ``b1``, ..., ``wL``, ``bL`` and, with a rule's feedback matrices,
 ``feedback1``, ..., ``feedbackK``. `save_params` writes nothing `load_params` would refuse,
 and `load_params` refuses a file whose entries don't agree with its header, naming the
@@ -30,7 +32,7 @@ from functional_bp.params import Layer, Params
 __all__ = ["load_feedback", "load_params", "save_params"]
 
 _FORMAT = "functional_bp.params/1"
-_RESERVED = ("format", "sizes", "dtype")
+_RESERVED = ("format", "sizes", "shapes", "dtype")
 _FEEDBACK = re.compile(r"feedback[1-9][0-9]*")
 # What reading an entry of a damaged archive raises: CRC and header errors, truncation,
 # pickled (object) arrays refused by allow_pickle=False.
@@ -104,16 +106,39 @@ def _check_feedback(
     return list(matrices)
 
 
-def _check_dense(params) -> None:
-    """The file format holds dense layers (its header lists their sizes)."""
-    if isinstance(params, (list, tuple)):
-        for l, layer in enumerate(params, start=1):
-            if isinstance(layer, tuple) and len(layer) == 2 and np.ndim(layer[0]) == 4:
-                raise ValueError(
-                    f"save_params writes the params of dense layers (w of rank 2); layer {l} w "
-                    f"has shape {tuple(np.shape(layer[0]))}, a Conv2D's: params of a network "
-                    "with functional_bp.layers are not written by this format"
+def _is_layered(params) -> bool:
+    """Params of a network with `functional_bp.layers`: some w of rank 4 (a Conv2D's)."""
+    return isinstance(params, (list, tuple)) and any(
+        isinstance(layer, tuple) and len(layer) == 2 and np.ndim(layer[0]) == 4
+        for layer in params
+    )
+
+
+def _check_layered_params(params) -> list[list[list[int]]]:
+    """Params of layer types: Layer(w, b), w of rank 2 or 4, b of shape (w.shape[0],),
+    one real floating dtype; returns their shapes, as the header stores them."""
+    shapes, first = [], None
+    for l, layer in enumerate(params, start=1):
+        where = f"layer {l} (params[{l - 1}])"
+        if not isinstance(layer, tuple) or len(layer) != 2:
+            raise TypeError(f"Expected {where} to be a Layer(w, b), got {type(layer).__name__}")
+        w_shape, b_shape = tuple(np.shape(layer[0])), tuple(np.shape(layer[1]))
+        if len(w_shape) not in (2, 4) or b_shape != w_shape[:1]:
+            raise ValueError(
+                f"Expected {where} to have w of rank 2 (dense) or 4 (Conv2D) and b of shape "
+                f"(w.shape[0],), got w {w_shape} and b {b_shape}"
+            )
+        for name, leaf in (("w", layer[0]), ("b", layer[1])):
+            dtype = jnp.result_type(leaf)
+            check_float_dtype(dtype, f"{where} {name}")
+            first = dtype if first is None else first
+            if dtype != first:
+                raise TypeError(
+                    f"Expected all params to share one dtype: {where} {name} is {dtype}, "
+                    f"layer 1 w is {first}"
                 )
+        shapes.append([list(w_shape), list(b_shape)])
+    return shapes
 
 
 def save_params(path: str | os.PathLike, params: Params, *, feedback=None, **metadata: Any) -> Path:
@@ -157,15 +182,23 @@ def save_params(path: str | os.PathLike, params: Params, *, feedback=None, **met
       >>> fbp.io.save_params(path, params, activation="sigmoid").name
       'params.npz'
     """
-    _check_dense(params)
-    sizes = check_params(params)
+    layered = _is_layered(params)
+    if layered:
+        described = {"shapes": _check_layered_params(params)}
+    else:
+        described = {"sizes": check_params(params)}
     reserved = sorted(set(metadata) & set(_RESERVED))
     if reserved:
         raise ValueError(f"Metadata keys {reserved} are reserved by save_params; rename them")
+    if layered and feedback is not None:
+        raise ValueError(
+            "save_params stores feedback matrices with the params of dense layers only; these "
+            "params have a Conv2D's w (rank 4)"
+        )
     dtype = np.dtype(params[0].w.dtype)
     try:
         header = json.dumps(
-            {"format": _FORMAT, "sizes": sizes, "dtype": dtype.name, **metadata}, allow_nan=False
+            {"format": _FORMAT, **described, "dtype": dtype.name, **metadata}, allow_nan=False
         )
     except (TypeError, ValueError) as error:
         raise type(error)(f"Expected metadata that is strict JSON: {error}") from None
@@ -239,6 +272,11 @@ def _header(path: Path, data: np.lib.npyio.NpzFile) -> dict[str, Any]:
             f"{path}: not a functional_bp params file (entry 'header' is not a JSON object "
             f"with format {_FORMAT!r})"
         )
+    if "shapes" in meta and "sizes" not in meta:
+        _check_header_shapes(path, meta["shapes"])
+        if "feedback" in meta:
+            raise ValueError(f"{path}: entry 'header' has the key 'feedback', which is reserved")
+        return meta
     sizes = meta.get("sizes")
     if (
         not isinstance(sizes, list)
@@ -252,6 +290,30 @@ def _header(path: Path, data: np.lib.npyio.NpzFile) -> dict[str, Any]:
     if "feedback" in meta:
         raise ValueError(f"{path}: entry 'header' has the key 'feedback', which is reserved")
     return meta
+
+
+def _check_header_shapes(path: Path, shapes: Any) -> None:
+    """The header of params of layer types: [[w shape, b shape], ...], w of rank 2 or 4."""
+
+    def is_shape(value, ranks) -> bool:
+        return (
+            isinstance(value, list)
+            and len(value) in ranks
+            and all(type(n) is int and n >= 0 for n in value)
+        )
+
+    if not isinstance(shapes, list) or not shapes or not all(
+        isinstance(pair, list)
+        and len(pair) == 2
+        and is_shape(pair[0], (2, 4))
+        and is_shape(pair[1], (1,))
+        and pair[1] == pair[0][:1]
+        for pair in shapes
+    ):
+        raise ValueError(
+            f"{path}: entry 'header': expected shapes to be a list of [w shape, b shape] "
+            f"per layer (w of rank 2 or 4, b of w's first size), got {shapes!r} instead"
+        )
 
 
 def _entry(path: Path, data: np.lib.npyio.NpzFile, name: str) -> np.ndarray:
@@ -338,6 +400,8 @@ def load_params(path: str | os.PathLike) -> tuple[list[Layer], dict[str, Any]]:
 
 def _read(path: Path, data: np.lib.npyio.NpzFile) -> tuple[list[Layer], dict[str, Any]]:
     meta = _header(path, data)
+    if "sizes" not in meta:
+        return _read_layered(path, data, meta)
     sizes = meta["sizes"]
     layers = range(1, len(sizes))
     names = set(data.files) - {"header"}
@@ -392,4 +456,32 @@ def _read(path: Path, data: np.lib.npyio.NpzFile) -> tuple[list[Layer], dict[str
             )
         except (ValueError, TypeError) as error:
             raise ValueError(f"{path}: {error}") from None
+    return params, meta
+
+
+def _read_layered(path: Path, data: np.lib.npyio.NpzFile, meta: dict) -> tuple[list[Layer], dict]:
+    """Params of layer types: entries w1, b1, ... of the header's shapes, no feedback."""
+    shapes = meta["shapes"]
+    expected = {f"{leaf}{l}" for l in range(1, len(shapes) + 1) for leaf in "wb"}
+    names = set(data.files) - {"header"}
+    if names != expected:
+        raise ValueError(
+            f"{path}: entries {sorted(names)} do not match the header's {len(shapes)} layers "
+            f"(w1..w{len(shapes)}, b1..b{len(shapes)}; missing {sorted(expected - names)}, "
+            f"unexpected {sorted(names - expected)})"
+        )
+    dtype = _dtype(path, meta, _entry(path, data, "w1"))
+    params = []
+    for l, (w_shape, b_shape) in enumerate(shapes, start=1):
+        leaves = []
+        for leaf, shape in (("w", tuple(w_shape)), ("b", tuple(b_shape))):
+            name = f"{leaf}{l}"
+            array = _restored(_entry(path, data, name), dtype, path, name)
+            if array.shape != shape:
+                raise ValueError(
+                    f"{path}: entry {name!r} has shape {array.shape}, the header's shapes "
+                    f"give {shape}"
+                )
+            leaves.append(array)
+        params.append(Layer(*leaves))
     return params, meta

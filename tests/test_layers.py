@@ -794,3 +794,41 @@ def test_sharded_gradient_with_dropout_draws_from_the_step_key():
     assert_tree_close(gradient(key, net, params, xs, ys), expected, RTOL)
     without = gradient(None, net, params, xs, ys)
     assert_tree_close(without, fbp.grad(params, xs, ys, net=net), RTOL)
+
+
+# --- 12. saving and loading -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.bfloat16])
+def test_params_of_layer_types_save_and_load_exactly(tmp_path, dtype):
+    params, _, _ = _conv_problem()
+    params = jax.tree.map(lambda leaf: leaf.astype(dtype), params)
+    path = fbp.io.save_params(tmp_path / "p.npz", params, layers="conv2x3,pool2")
+    loaded, meta = fbp.io.load_params(path)
+    assert meta["layers"] == "conv2x3,pool2"
+    assert meta["shapes"] == [[list(l.w.shape), list(l.b.shape)] for l in params]
+    for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(np.asarray(got, np.float64), np.asarray(want, np.float64))
+
+
+def test_a_tampered_file_of_layer_types_is_refused(tmp_path):
+    params, _, _ = _conv_problem()
+    path = fbp.io.save_params(tmp_path / "p.npz", params)
+    with np.load(path) as data:
+        entries = dict(data)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **{**entries, "w1": entries["w1"][:, :, :2]})
+    with pytest.raises(ValueError, match=r"entry 'w1' has shape \(2, 2, 2, 3\).*\(2, 2, 3, 3\)"):
+        fbp.io.load_params(bad)
+    np.savez(bad, **{k: v for k, v in entries.items() if k != "b2"})
+    with pytest.raises(ValueError, match=r"missing \['b2'\]"):
+        fbp.io.load_params(bad)
+    header = str(entries["header"]).replace('"shapes": [[[2, 2, 3, 3]', '"shapes": [[[2, 2, 3]')
+    np.savez(bad, **{**entries, "header": np.array(header)})
+    with pytest.raises(ValueError, match=r"expected shapes to be a list of \[w shape, b shape\]"):
+        fbp.io.load_params(bad)
+    with pytest.raises(ValueError, match=r"feedback matrices with the params of dense layers"):
+        fbp.io.save_params(tmp_path / "f.npz", params, feedback=[params[1].w])
+    with pytest.raises(ValueError, match=r"\[.shapes.\] are reserved"):
+        fbp.io.save_params(tmp_path / "f.npz", params, shapes=[])

@@ -283,9 +283,10 @@ def run(args: argparse.Namespace) -> int:
     outputs = Outputs(args.json, args.plot, args.save)
     common.refuse_ignored(args, IGNORED_UNLESS)
     runs.check(config, common.given(args, CONFIG_OPTIONS))
-    if args.save is not None and config.layers is not None:
+    if args.save is not None and config.layers is not None and config.rule != "bp":
         raise ValueError(
-            "--save writes the params of dense layers (functional_bp.io): not with --layers"
+            f"--save stores a rule's feedback matrices with the params of dense layers only: "
+            f"not with --layers and --rule {config.rule}"
         )
     if config.dp:  # the accountant (dp-accounting) and sigma before any data is loaded
         runs.privacy_setting(config)

@@ -179,6 +179,8 @@ def save_params(path: str | os.PathLike, result: Result, config) -> list[Path]:
         dataset=config.dataset,
         rule=config.rule,
     )
+    if config.layers is not None:  # the network's layer types, as --layers gives them
+        meta.update(layers=config.layers, dropout=config.dropout)
     if "runs" not in result.record:
         return [io.save_params(path, result.params, feedback=result.feedback, **meta)]
     written = []

@@ -406,7 +406,7 @@ CASES = {
         lambda p: feedback.feedback_matrices(p.params, None, "usf"),
         TypeError,
         r"feedback_matrices takes 2 positional arguments \(params, feedback\), got 3: "
-        r"pass the others by keyword \(rule=, scale=, key=\); the extra one is str 'usf'",
+        r"pass the others by keyword \(rule=, scale=, key=, net=\); the extra one is str 'usf'",
     ),
     "matrices brsf without a key": (
         lambda p: feedback.feedback_matrices(p.params, None, rule="brsf"),

@@ -5,11 +5,18 @@ import numpy as np
 import pytest
 
 from cli.helpers import assert_refused, read_json, run
-from functional_bp import data, layers, runs
+from functional_bp import data, diagnostics, io, layers, runs
 from functional_bp.runs.config import parse_layers
 
 CONV = ["--layers", "conv4x3,pool2,dense16", "--init", "scaled_normal", "--no-progress"]
 SOFTMAX = ["--activation", "relu", "--output-activation", "softmax", "--cost", "log_likelihood"]
+SOFTMAX_CONFIG = dict(activation="relu", output_activation="softmax", cost="log_likelihood")
+
+
+def _digits_test():
+    """The digits' test images, as the command line evaluates them."""
+    _, test = data.load_digits()
+    return test.x.reshape(-1, 1, 8, 8), test.y
 
 
 def test_parse_layers_adds_flatten_outputs_and_dropout():
@@ -44,6 +51,7 @@ def test_train_digits_with_convolution_dropout_and_shifts(tmp_path, capsys):
     argv = ["train", *CONV, *SOFTMAX, "--dropout", "0.25", "--expand", "--epochs", "2"]
     argv += ["--learning-rate", "0.1", "--json", str(tmp_path / "h.json")]
     argv += ["--track", "noise-scale", "--track-examples", "64"]
+    argv += ["--save", str(tmp_path / "p.npz")]
     status, err = run(argv, capsys)
     assert status == 0, err
     record = read_json(tmp_path / "h.json")
@@ -52,13 +60,19 @@ def test_train_digits_with_convolution_dropout_and_shifts(tmp_path, capsys):
     assert len(record["history"]) == 2
     assert record["final_accuracy"] > 0.5  # 10 classes: chance is 0.1
     assert all(row["noise_scale"] > 0 for row in record["history"])
+    params, meta = io.load_params(tmp_path / "p.npz")
+    assert meta["layers"] == "conv4x3,pool2,dense16" and meta["dropout"] == 0.25
+    assert [layer.w.shape for layer in params] == [(4, 1, 3, 3), (16, 36), (10, 16)]
+    net = runs.Config(layers=meta["layers"], dropout=meta["dropout"], **SOFTMAX_CONFIG).net
+    accuracy = diagnostics.accuracy(params, *_digits_test(), net=net)
+    assert accuracy == pytest.approx(record["final_accuracy"], abs=1e-6)
 
 
 @pytest.mark.parametrize(
     "argv, option",
     [
         (["--dropout", "0.5"], "--dropout"),
-        ([*CONV, "--save", "p.npz"], "--save"),
+        ([*CONV, "--save", "p.npz", "--rule", "fa"], "--save"),
         (["--layers", "conv4x3,bogus"], "bogus"),
         (["--layers", "conv4x9"], "larger than its input"),
         (["--layers", "conv4x3,pool4"], "does not divide"),
