@@ -58,20 +58,27 @@ def check_params(params: Any) -> list[int]:
                 f"{w_shape[1]} inputs, but layer {l - 1} has {sizes[-1]} neurons "
                 f"(w of shape {np.shape(params[l - 2][0])})"
             )
-        for name, leaf in (("w", w), ("b", b)):
-            dtype = jnp.result_type(leaf)
-            check_float_dtype(dtype, f"{where} {name}")
-            if first_dtype is None:
-                first_dtype = dtype
-            elif dtype != first_dtype:
-                raise TypeError(
-                    f"Expected all params to share one dtype: {where} {name} is {dtype}, "
-                    f"layer 1 w is {first_dtype}"
-                )
+        first_dtype = check_shared_dtype(((f"{where} w", w), (f"{where} b", b)), first_dtype)
         if not sizes:
             sizes.append(w_shape[1])
         sizes.append(w_shape[0])
     return sizes
+
+
+def check_shared_dtype(named_leaves, first_dtype=None):
+    """Each leaf of a real floating dtype, all that of the first (``first_dtype``, when
+    given, is an earlier layer's); returns that dtype."""
+    for what, leaf in named_leaves:
+        dtype = jnp.result_type(leaf)
+        check_float_dtype(dtype, what)
+        if first_dtype is None:
+            first_dtype = dtype
+        elif dtype != first_dtype:
+            raise TypeError(
+                f"Expected all params to share one dtype: {what} is {dtype}, layer 1 w is "
+                f"{first_dtype}"
+            )
+    return first_dtype
 
 
 def check_data(sizes: list[int], x: Any, y: Any | None, *, batched: bool | None) -> None:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from functional_bp._files import atomic_write, check_writable
-from functional_bp._validation import check_float_dtype, check_params
+from functional_bp._validation import check_float_dtype, check_params, check_shared_dtype
 from functional_bp.feedback import RULES, init_feedback
 from functional_bp.params import Layer, Params
 
@@ -128,15 +128,7 @@ def _check_layered_params(params) -> list[list[list[int]]]:
                 f"Expected {where} to have w of rank 2 (dense) or 4 (Conv2D) and b of shape "
                 f"(w.shape[0],), got w {w_shape} and b {b_shape}"
             )
-        for name, leaf in (("w", layer[0]), ("b", layer[1])):
-            dtype = jnp.result_type(leaf)
-            check_float_dtype(dtype, f"{where} {name}")
-            first = dtype if first is None else first
-            if dtype != first:
-                raise TypeError(
-                    f"Expected all params to share one dtype: {where} {name} is {dtype}, "
-                    f"layer 1 w is {first}"
-                )
+        first = check_shared_dtype(((f"{where} w", layer[0]), (f"{where} b", layer[1])), first)
         shapes.append([list(w_shape), list(b_shape)])
     return shapes
 
@@ -426,19 +418,8 @@ def _read(path: Path, data: np.lib.npyio.NpzFile) -> tuple[list[Layer], dict[str
             f"w1..w{len(sizes) - 1} and b1..b{len(sizes) - 1})"
         )
     dtype = _dtype(path, meta, _entry(path, data, "w1"))
-    params = []
-    for l in layers:
-        leaves = []
-        for leaf, shape in (("w", (sizes[l], sizes[l - 1])), ("b", (sizes[l],))):
-            name = f"{leaf}{l}"
-            array = _restored(_entry(path, data, name), dtype, path, name)
-            if array.shape != shape:
-                raise ValueError(
-                    f"{path}: entry {name!r} has shape {array.shape}, the header's sizes "
-                    f"{sizes} give {shape}"
-                )
-            leaves.append(array)
-        params.append(Layer(*leaves))
+    shapes = [((sizes[l], sizes[l - 1]), (sizes[l],)) for l in layers]
+    params = _layers(path, data, dtype, shapes, f"sizes {sizes}")
     try:
         check_params(params)
     except (ValueError, TypeError) as error:
@@ -471,6 +452,11 @@ def _read_layered(path: Path, data: np.lib.npyio.NpzFile, meta: dict) -> tuple[l
             f"unexpected {sorted(names - expected)})"
         )
     dtype = _dtype(path, meta, _entry(path, data, "w1"))
+    return _layers(path, data, dtype, shapes, "shapes"), meta
+
+
+def _layers(path: Path, data, dtype: np.dtype, shapes, described: str) -> list[Layer]:
+    """Entries w1, b1, ... of the (w shape, b shape) of each layer the header gives."""
     params = []
     for l, (w_shape, b_shape) in enumerate(shapes, start=1):
         leaves = []
@@ -479,9 +465,9 @@ def _read_layered(path: Path, data: np.lib.npyio.NpzFile, meta: dict) -> tuple[l
             array = _restored(_entry(path, data, name), dtype, path, name)
             if array.shape != shape:
                 raise ValueError(
-                    f"{path}: entry {name!r} has shape {array.shape}, the header's shapes "
+                    f"{path}: entry {name!r} has shape {array.shape}, the header's {described} "
                     f"give {shape}"
                 )
             leaves.append(array)
         params.append(Layer(*leaves))
-    return params, meta
+    return params

@@ -42,10 +42,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from functional_bp._validation import check_float_dtype, check_int, check_key
+from functional_bp._validation import check_int, check_key, check_shared_dtype
 from functional_bp.equations import layer_gradient, weighted_error
 from functional_bp.network import LayerSpec
-from functional_bp.params import INITS, Layer, Params
+from functional_bp.params import Layer, Params, check_init, init_layer
 
 Array = jax.Array
 
@@ -217,15 +217,24 @@ class Conv2D(LayerSpec):
         )
         return z + layer.b[None, :, None, None]
 
+    def _spatial(self, a_prev: Array, delta: Array):
+        """Per spatial axis: input size, kernel, stride, padding before, output size."""
+        pads = self._pads(a_prev.shape[2:])
+        return [
+            (size, k, s, lo, out)
+            for size, k, s, (lo, _), out in zip(
+                a_prev.shape[2:], self.kernel, self.stride, pads, delta.shape[2:]
+            )
+        ]
+
     def transport(self, weights: Array, delta: Array, a_prev: Array) -> Array:
         """dC/da^{l-1}: delta dilated by the stride and correlated with the kernel flipped
         and its in/out channels swapped (the transposed convolution)."""
-        pads = []
-        for size, k, s, (lo, _), out in zip(
-            a_prev.shape[2:], self.kernel, self.stride, self._pads(a_prev.shape[2:]), delta.shape[2:]
-        ):
-            # Full correlation of the dilated delta, cut to the input's extent.
-            pads.append((k - 1 - lo, size + lo - (out - 1) * s - 1))
+        # Full correlation of the dilated delta, cut to the input's extent.
+        pads = [
+            (k - 1 - lo, size + lo - (out - 1) * s - 1)
+            for size, k, s, lo, out in self._spatial(a_prev, delta)
+        ]
         flipped = jnp.flip(weights, (2, 3))
         return lax.conv_general_dilated(
             delta,
@@ -239,11 +248,10 @@ class Conv2D(LayerSpec):
     def gradient(self, delta: Array, a_prev: Array) -> Layer:
         """dC/dw summed over the batch: the correlation of a^{l-1} with delta^l, one
         convolution with the batch as the contracted channel axis."""
-        pads = []
-        for size, k, s, (lo, _), out in zip(
-            a_prev.shape[2:], self.kernel, self.stride, self._pads(a_prev.shape[2:]), delta.shape[2:]
-        ):
-            pads.append((lo, k + (out - 1) * s - size - lo))
+        pads = [
+            (lo, k + (out - 1) * s - size - lo)
+            for size, k, s, lo, out in self._spatial(a_prev, delta)
+        ]
         w = lax.conv_general_dilated(
             a_prev,
             delta,
@@ -327,7 +335,7 @@ class MaxPool2D(_Pool):
 
     Examples:
       >>> pool = fbp.layers.MaxPool2D(2)
-      >>> pool.apply(jnp.arange(16.0).reshape(1, 1, 4, 4))[0, 0]
+      >>> pool.apply(jnp.arange(16, dtype=jnp.float32).reshape(1, 1, 4, 4))[0, 0]
       Array([[ 5.,  7.],
              [13., 15.]], dtype=float32)
     """
@@ -505,26 +513,13 @@ def init_network(
             "Expected a Network with layers=(...); for a dense-only network use "
             "init_mlp(key, sizes)"
         )
-    if init not in INITS:
-        raise ValueError(f"Unknown init {init!r}; expected one of {list(INITS)}")
-    check_float_dtype(dtype, "dtype")
-    if jnp.dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
-        raise ValueError(
-            f"Expected a dtype JAX can hold: {jnp.dtype(dtype)} needs "
-            'jax.config.update("jax_enable_x64", True) first (without it JAX makes float32)'
-        )
+    check_init(init, dtype)
     if isinstance(input_shape, (int, np.integer)):
         input_shape = (input_shape,)
     input_shape = tuple(check_int(n, f"input_shape[{i}]") for i, n in enumerate(input_shape))
-    params = []
-    weight_shapes_ = weight_shapes(net, input_shape)
-    for (w_shape, b_shape), layer_key in zip(weight_shapes_, jax.random.split(key, len(weight_shapes_))):
-        w_key, b_key = jax.random.split(layer_key)
-        w = jax.random.normal(w_key, w_shape, dtype)
-        if init == "scaled_normal":
-            w = w / jnp.sqrt(jnp.asarray(math.prod(w_shape[1:]), dtype))
-        params.append(Layer(w, jax.random.normal(b_key, b_shape, dtype)))
-    return params
+    w_shapes = [w for w, _ in weight_shapes(net, input_shape)]
+    keys = jax.random.split(key, len(w_shapes))
+    return [init_layer(k, w_shape, init, dtype) for k, w_shape in zip(keys, w_shapes)]
 
 
 def check_layered_params(net, params: Params, input_shape: tuple[int, ...]) -> None:
@@ -552,12 +547,4 @@ def check_layered_params(net, params: Params, input_shape: tuple[int, ...]) -> N
                     f"Expected {where} {name} to have shape {shape} for input of shape "
                     f"{tuple(input_shape)}, got {tuple(np.shape(leaf))} instead"
                 )
-            dtype = jnp.result_type(leaf)
-            check_float_dtype(dtype, f"{where} {name}")
-            if first_dtype is None:
-                first_dtype = dtype
-            elif dtype != first_dtype:
-                raise TypeError(
-                    f"Expected all params to share one dtype: {where} {name} is {dtype}, "
-                    f"params[0] w is {first_dtype}"
-                )
+        first_dtype = check_shared_dtype(((f"{where} w", layer[0]), (f"{where} b", layer[1])), first_dtype)

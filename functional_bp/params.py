@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -12,7 +13,7 @@ from functional_bp._validation import check_float_dtype, check_int, check_key
 
 Array = jax.Array
 
-__all__ = ["Layer", "Params", "init_mlp", "layer_sizes"]
+__all__ = ["Layer", "Params", "init_layer", "init_mlp", "layer_sizes"]
 
 INITS = ("normal", "scaled_normal")
 
@@ -67,6 +68,13 @@ def init_mlp(
     sizes = [check_int(n, f"sizes[{i}]") for i, n in enumerate(sizes)]
     if len(sizes) < 2:
         raise ValueError(f"Expected at least two layer sizes (input and output), got {sizes}")
+    check_init(init, dtype)
+    keys = jax.random.split(key, len(sizes) - 1)
+    return [init_layer(k, (n_out, n_in), init, dtype) for n_in, n_out, k in zip(sizes, sizes[1:], keys)]
+
+
+def check_init(init: str, dtype) -> None:
+    """An initialisation in `INITS` and a floating dtype JAX can hold."""
     if init not in INITS:
         raise ValueError(f"Unknown init {init!r}; expected one of {list(INITS)}")
     check_float_dtype(dtype, "dtype")
@@ -75,14 +83,22 @@ def init_mlp(
             f"Expected a dtype JAX can hold: {jnp.dtype(dtype)} needs "
             'jax.config.update("jax_enable_x64", True) first (without it JAX makes float32)'
         )
-    params = []
-    for n_in, n_out, layer_key in zip(sizes[:-1], sizes[1:], jax.random.split(key, len(sizes) - 1)):
-        w_key, b_key = jax.random.split(layer_key)
-        w = jax.random.normal(w_key, (n_out, n_in), dtype)
-        if init == "scaled_normal":
-            w = w / jnp.sqrt(jnp.asarray(n_in, dtype))
-        params.append(Layer(w, jax.random.normal(b_key, (n_out,), dtype)))
-    return params
+
+
+def init_layer(key: Array, w_shape: tuple[int, ...], init: str, dtype) -> Layer:
+    """One `Layer`: w of ``w_shape`` N(0, 1) ("normal") or N(0, 1/fan_in) ("scaled_normal",
+    fan_in = the product of w_shape[1:]), b of shape (w_shape[0],) N(0, 1).
+
+    Examples:
+      >>> layer = fbp.params.init_layer(jax.random.key(0), (4, 3), "normal", jnp.float32)
+      >>> layer.w.shape, layer.b.shape
+      ((4, 3), (4,))
+    """
+    w_key, b_key = jax.random.split(key)
+    w = jax.random.normal(w_key, w_shape, dtype)
+    if init == "scaled_normal":
+        w = w / jnp.sqrt(jnp.asarray(math.prod(w_shape[1:]), dtype))
+    return Layer(w, jax.random.normal(b_key, w_shape[:1], dtype))
 
 
 def layer_sizes(params: Params) -> list[int]:
