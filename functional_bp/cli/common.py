@@ -154,8 +154,11 @@ def check_network_memory(sizes: list[int], batch_size: int, itemsize: int) -> No
         )
 
 
-def add_network_options(parser: argparse.ArgumentParser, default_sizes: Optional[str]) -> None:
-    """--sizes, --activation, --output-activation, --cost, --init and --seed."""
+def add_network_options(
+    parser: argparse.ArgumentParser, default_sizes: Optional[str], *, layers: bool = False
+) -> None:
+    """--sizes, --activation, --output-activation, --cost, --init and --seed; with
+    ``layers`` the init's default is the book's for --sizes or --layers."""
     parser.add_argument(
         "--sizes",
         type=sizes,
@@ -170,7 +173,17 @@ def add_network_options(parser: argparse.ArgumentParser, default_sizes: Optional
         help="activation of the output layer (default: --activation)",
     )
     parser.add_argument("--cost", default="quadratic", choices=sorted(COSTS))
-    parser.add_argument("--init", default="normal", choices=list(INITS))
+    parser.add_argument(
+        "--init",
+        default=None if layers else "normal",
+        choices=list(INITS),
+        help="weights N(0, 1) (network.py) or N(0, 1/fan-in) (network2.py, network3.py); "
+        + (
+            "default normal with --sizes, scaled_normal with --layers"
+            if layers
+            else "default normal"
+        ),
+    )
     parser.add_argument("--seed", type=seed, default=0)
 
 

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="test",
         help="MNIST: evaluate on the test or the validation set",
     )
-    common.add_network_options(parser, None)
+    common.add_network_options(parser, None, layers=True)
     parser.add_argument(
         "--layers",
         default=None,
@@ -48,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="layer types instead of --sizes, comma-separated: convFxK (F filters KxK; "
         "convFxKsSpP: stride S, P zeros around), poolS (max), avgpoolS, denseN, dropoutR; "
         'a Flatten and the 10 outputs are added: "conv20x5,pool2,conv40x5,pool2,dense100" is '
-        "network3.py's two convolutional-pooling layers",
+        "network3.py's two convolutional-pooling layers. The options not given take "
+        "network3.py's values: --output-activation softmax --cost log_likelihood --init "
+        "scaled_normal --eta 0.1",
     )
     parser.add_argument(
         "--dropout",
@@ -65,14 +67,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "expand_mnist.py: 5x the examples)",
     )
     parser.set_defaults(seed=None)  # not given: seed 0, and --seeds may replace it
+    parser.set_defaults(cost=None)  # not given: quadratic, or network3.py's with --layers
     parser.add_argument("--epochs", type=common.count, default=30)
     parser.add_argument("--batch-size", type=common.count, default=10)
     parser.add_argument(
         "--learning-rate",
         "--eta",
         type=common.learning_rates,
-        default=[3.0],
-        help="learning rate eta, or a list (0.5,1,3): every (seed, eta) trains in one program",
+        default=None,
+        help="learning rate eta, or a list (0.5,1,3): every (seed, eta) trains in one program "
+        "(default 3, network.py's; 0.1, network3.py's, with --layers)",
     )
     parser.add_argument(
         "--seeds",
@@ -229,6 +233,23 @@ def _given_or_default(args: argparse.Namespace, field: str):
     return getattr(_DEFAULT, field) if value is None else value
 
 
+# With --layers, the options not given take network3.py's values.
+NETWORK3 = dict(output_activation="softmax", cost="log_likelihood", learning_rate=[0.1])
+NETWORK = dict(output_activation=None, cost="quadratic", learning_rate=[3.0])
+
+
+def _network_option(args: argparse.Namespace, name: str):
+    """An option as given; else network.py's default, or network3.py's with --layers (its
+    cost only with its output activation)."""
+    value = getattr(args, name)
+    if value is not None:
+        return value
+    book = NETWORK3 if args.layers is not None else NETWORK
+    if name == "cost" and args.output_activation is not None:
+        book = NETWORK
+    return book[name]
+
+
 def config_from(args: argparse.Namespace) -> runs.Config:
     """The `runs.Config` the options describe."""
     return runs.Config(
@@ -241,11 +262,11 @@ def config_from(args: argparse.Namespace) -> runs.Config:
         dropout=_given_or_default(args, "dropout"),
         expand=args.expand,
         activation=args.activation,
-        output_activation=args.output_activation,
-        cost=args.cost,
+        output_activation=_network_option(args, "output_activation"),
+        cost=_network_option(args, "cost"),
         init=args.init,
         seeds=tuple(args.seeds or [args.seed or 0]),
-        learning_rates=tuple(args.learning_rate),
+        learning_rates=tuple(_network_option(args, "learning_rate")),
         epochs=args.epochs,
         batch_size=args.batch_size,
         shared_shuffle=args.shared_shuffle,

@@ -102,7 +102,9 @@ class Config:
       activation: the `Network`'s.
       output_activation: the `Network`'s.
       cost: the `Network`'s.
-      init: "normal" (network.py) or "scaled_normal" (network2.py).
+      init: "normal" (network.py) or "scaled_normal" (network2.py and network3.py); None
+        (the default) for the book's own: "normal" with ``sizes``, "scaled_normal" with
+        ``layers``.
       seeds: one run per seed and learning rate; seed s draws the initial weights and
         the shuffles from ``jax.random.key(s)`` and a rule's B from ``key(s + 10**6)``.
       learning_rates: eta, one or several.
@@ -147,7 +149,7 @@ class Config:
     activation: str = "sigmoid"
     output_activation: Optional[str] = None
     cost: str = "quadratic"
-    init: str = "normal"
+    init: Optional[str] = None
     seeds: tuple[int, ...] = (0,)
     learning_rates: tuple[float, ...] = (3.0,)
     epochs: int = 30
@@ -181,6 +183,14 @@ class Config:
     def net(self) -> Network:
         layers = None if self.layers is None else parse_layers(self.layers, self.dropout)
         return Network(self.activation, self.output_activation, self.cost, layers)
+
+    @property
+    def initialisation(self) -> str:
+        """``init``, or the book's: network.py's "normal" for ``sizes``, network3.py's
+        "scaled_normal" for ``layers``."""
+        if self.init is not None:
+            return self.init
+        return "normal" if self.layers is None else "scaled_normal"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -493,7 +503,7 @@ def check(config: Config, given: Optional[Mapping[str, str]] = None) -> None:
     """
     _one_of(config.dataset, "dataset", DATASETS)
     _one_of(config.eval_on, "eval_on", ("test", "validation"))
-    _one_of(config.init, "init", INITS)
+    _one_of(config.initialisation, "init", INITS)
     _one_of(config.optimizer, "optimizer", OPTIMIZERS)
     _one_of(config.rule, "rule", RULES)
     for name in config.track:
