@@ -157,6 +157,7 @@ def test_the_table_refuses_a_library_config_too(field):
         target_epsilon=1.0,
         delta=1e-6,
         accountant="pld",
+        dropout=0.5,
     )
     config = runs.Config(**{field: values[field]})
     if field == "track_examples":
