@@ -72,6 +72,7 @@ __all__ = [
     "LayerType",
     "MeanGradient",
     "Record",
+    "activation_error",
     "backprop_batch",
     "backward_pass",
     "check",
@@ -436,8 +437,7 @@ def _backward_layers(net: Network, cache: Cache, delta_L: Array, matrices) -> li
         if net.layers[k].has_weights:
             l -= 1
         if net.layers[k - 1].has_weights:  # g is dC/da^l, a^l = sigma(z^l): eq 96's ⊙
-            act = net.layer_activation(l, num_layers)
-            deltas.insert(0, _per_neuron(act.backward, cache.zs[l - 1], cache.stages[k - 1], g))
+            deltas.insert(0, activation_error(net, cache, l, g))
             if l == 1:
                 break
     return deltas
@@ -451,6 +451,24 @@ def _error_below(spec, cache: Cache, k: int, l: int, delta: Array, g, weights) -
     if type(spec) is Dropout:
         return g if cache.stages[k] is None else g * cache.stages[k]
     return spec.route(g, cache.stages[k])
+
+
+def activation_error(net: Network, cache: Cache, l: int, g: Array) -> Array:
+    r"""delta^l = g ⊙ sigma'(z^l) for every example, g = dC/da^l of layer l's own output
+    (before any pooling or dropout): eq 96's last factor, with the error brought by
+    whatever replaces its transport (direct feedback alignment's B^l).
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> cache = fbp.core.forward_pass(Network(), params, jnp.ones((5, 3)))
+      >>> fbp.core.activation_error(Network(), cache, 1, jnp.ones((5, 4))).shape
+      (5, 4)
+    """
+    act = net.layer_activation(l, len(cache.zs))
+    if net.layers is None:
+        return jax.vmap(act.backward)(cache.zs[l - 1], cache.activations[l], g)
+    k = [i for i, spec in enumerate(net.layers) if spec.has_weights][l - 1]
+    return _per_neuron(act.backward, cache.zs[l - 1], cache.stages[k], g)
 
 
 def input_error(net: Network, params: Params, cache: Cache, delta_1: Array) -> Array:

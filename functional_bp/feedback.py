@@ -11,7 +11,9 @@ replaces \( w^{l+1} \) by a matrix \( B^l \):
   \( \delta^l = (B^l)^\top \delta^{l+1} \odot \sigma'(z^l) \).
 - ``"dfa"``, direct feedback alignment (Nøkland, NeurIPS 2016): the output error sent
   straight to every hidden layer, delta^l = (B^l)^T delta^L ⊙ sigma'(z^l), B^l of shape
-  (n_L, n_l): \( \delta^l = (B^l)^\top \delta^L \odot \sigma'(z^l) \).
+  (n_L, n_l): \( \delta^l = (B^l)^\top \delta^L \odot \sigma'(z^l) \). For a
+  convolution (`functional_bp.layers`) n_l counts the C H W outputs of its own map,
+  before any pooling.
 - ``"sign"``, sign symmetry (Liao, Leibo and Poggio, AAAI 2016): sign(w^{l+1}) in place
   of w^{l+1}, times an optional ``scale`` s (1 by default); no feedback matrices:
   \( B^l = s \operatorname{sign}(w^{l+1}) \).
@@ -54,6 +56,7 @@ import numpy as np
 from functional_bp import core
 from functional_bp._validation import check_key, check_number, check_params
 from functional_bp.layers import is_dense, layer_types
+from functional_bp.layers import shapes as layer_shapes
 from functional_bp.network import Network, check_network, jit_with_net
 from functional_bp.params import Layer, Params
 
@@ -176,21 +179,43 @@ def _misplaced(where: str, name: str, value) -> None:
         )
 
 
-def _feedback_shapes(params: Params, rule: str) -> Optional[list[tuple[int, int]]]:
+def _feedback_shapes(
+    params: Params, rule: str, net: Optional[Network] = None, input_shape=None
+) -> Optional[list[tuple]]:
     """The shape of each matrix init_feedback draws, hidden layer 1 first; None for the
-    rules that draw none (sign, usf, brsf, bp)."""
+    rules that draw none (sign, usf, brsf, bp). For dfa, (n_L, n_l) with n_l the
+    neurons of hidden layer l: a convolution's C H W, known from ``input_shape`` (one
+    example's; without it, None stands for what it would give)."""
     _check_rule(rule)
     if rule not in _DRAWN:
         return None
     n_out = np.shape(params[-1].w)[0]
     if rule == "dfa":
+        if net is not None and net.layered:
+            return [(n_out, n) for n in _hidden_neurons(net, params, input_shape)]
         return [(n_out, np.shape(layer.w)[0]) for layer in params[:-1]]
     return [tuple(np.shape(layer.w)) for layer in params[1:]]
 
 
-def _check_feedback(params: Params, feedback, rule: str) -> None:
+def _hidden_neurons(net: Network, params: Params, input_shape) -> list[Optional[int]]:
+    """The neuron count of each hidden layer with weights: n for a `Dense`, C H W of a
+    convolution's output map (None without ``input_shape``)."""
+    every = None if input_shape is None else layer_shapes(net, tuple(input_shape))
+    counts = []
+    for k, spec in enumerate(net.layers):
+        if spec.has_weights and len(counts) < len(params) - 1:
+            if is_dense(spec):
+                counts.append(spec.n)
+            else:
+                counts.append(None if every is None else math.prod(every[k + 1]))
+    return counts
+
+
+def _check_feedback(
+    params: Params, feedback, rule: str, net: Optional[Network] = None, input_shape=None
+) -> None:
     """The count, shapes and dtypes of the matrices, each named by its hidden layer."""
-    expected = _feedback_shapes(params, rule)
+    expected = _feedback_shapes(params, rule, net, input_shape)
     if expected is None:
         if feedback is not None:
             raise ValueError(
@@ -217,11 +242,12 @@ def _check_feedback(params: Params, feedback, rule: str) -> None:
                 f"Expected the feedback matrix of hidden layer {l} to be an array, got "
                 f"{type(b).__name__} instead"
             )
-        if tuple(np.shape(b)) != shape:
+        got = tuple(np.shape(b))
+        if len(got) != len(shape) or any(n is not None and n != m for n, m in zip(shape, got)):
             what = "(n_L, n_l)" if rule == "dfa" else f"w^{l + 1}'s"
             raise ValueError(
                 f"Expected the feedback matrix of hidden layer {l} to have shape {shape} "
-                f"({what} for rule {rule!r}), got {tuple(np.shape(b))} instead"
+                f"({what} for rule {rule!r}), got {got} instead"
             )
         b_dtype = b.dtype
         if not jnp.issubdtype(b_dtype, jnp.floating):
@@ -274,6 +300,7 @@ def init_feedback(
     *,
     scale: Optional[float] = None,
     net: Optional[Network] = None,
+    input_shape: Optional[tuple[int, ...]] = None,
 ) -> Optional[list[Array]]:
     r"""The fixed random feedback matrices of a rule, hidden layer 1 first; None for the
     rules that draw none ("sign", "usf", "brsf", "bp").
@@ -306,6 +333,8 @@ def init_feedback(
         `feedback_grad`'s (or `RuleGradient`'s).
       net: the `Network`; needed for params of a network with ``layers`` (a
         convolution's w has rank 4).
+      input_shape: one example's shape, (C, H, W) for images: needed by "dfa" for a
+        network with convolutions, whose n_l (C H W of the output map) it sets.
 
     Raises:
       TypeError: key is not a key, rule not a str (or given as params), params not a
@@ -331,7 +360,12 @@ def init_feedback(
         _check_dfa(net, rule)
     _check_one_network(params, "init_feedback", net)
     check_number(scale, "scale", minimum=0, inclusive=False, optional=True)
-    shapes = _feedback_shapes(params, rule)
+    shapes = _feedback_shapes(params, rule, net, input_shape)
+    if shapes is not None and any(None in shape for shape in shapes):
+        raise ValueError(
+            "init_feedback(..., 'dfa') for a network with Conv2D layers needs input_shape= "
+            "(one example's shape, (C, H, W)): B^l has n_l = C H W of layer l's output map"
+        )
     if shapes is None:
         if scale is not None:
             raise ValueError(
@@ -402,6 +436,12 @@ def _matrices(params: Params, feedback, rule: str, scale=None, key=None) -> list
 
 def _errors(net: Network, params, matrices, cache, delta_L: Array, rule: str):
     """[delta^1, ..., delta^L] under a rule: eq 96 with the rule's matrices."""
+    if rule == "dfa" and net.layers is not None:  # B^l's columns over z^l's neurons
+        deltas = [
+            core.activation_error(net, cache, l, (delta_L @ b).reshape(cache.zs[l - 1].shape))
+            for l, b in enumerate(matrices, start=1)
+        ]
+        return [*deltas, delta_L]
     if rule == "dfa":  # every hidden layer l gets delta^L through its own B^l
         deltas = [
             core.hidden_errors(net, b, delta_L, cache, l) for l, b in enumerate(matrices, start=1)
@@ -425,13 +465,11 @@ def _mean_feedback_grad(net: Network, params, feedback, xs, ys, rule, scale, key
 
 
 def _check_dfa(net: Network, rule: str) -> None:
-    if rule == "dfa" and net.layered:
+    if rule == "dfa" and net.has_dropout:
         raise ValueError(
-            "Rule 'dfa' takes dense layers only: it sends delta^L to each hidden layer l "
-            "through its own (n_L, n_l) matrix, which for a convolution would be (n_L, C H W) "
-            "over the layer's output map, and would skip the pooling and dropout between "
-            "layers; this library does not implement it for net.layers with convolution, "
-            "pooling or dropout. fa, kp and the sign-concordant rules take them"
+            "Rule 'dfa' sends delta^L straight to each hidden layer, past the Dropout of "
+            "net.layers, whose masks would then drop nothing of the error: not with dropout. "
+            "fa, kp and the sign-concordant rules take it"
         )
 
 
@@ -440,7 +478,7 @@ def _check(net: Network, params, feedback, xs, ys, rule, where: str) -> None:
     _check_dfa(net, rule)
     _check_one_network(params, where, net)
     core.check(net, params, xs, ys, layered=True)
-    _check_feedback(params, feedback, rule)
+    _check_feedback(params, feedback, rule, net, np.shape(xs)[1:])
 
 
 @_public("feedback_grad")
@@ -530,7 +568,7 @@ def feedback_matrices(
     _check_rule(rule)
     _check_dfa(net, rule)
     _check_one_network(params, "feedback_matrices", net)
-    _check_feedback(params, feedback, rule)
+    _check_feedback(params, feedback, rule, net)
     return _matrices(params, feedback, rule, scale, key)
 
 

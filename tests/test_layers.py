@@ -533,10 +533,38 @@ def test_other_rules_run_on_conv_nets(rule):
         assert_tree_close(got, fbp.grad(params, xs, ys, net=CONV_POOL), 1e-12)
 
 
-def test_dfa_refused_for_conv_nets():
+def test_dfa_on_a_conv_net_sends_the_output_error_to_each_output_map():
+    """delta^l = (B^l)^T delta^L ⊙ sigma'(z^l) over the C H W neurons of each hidden layer's
+    own output (before its pooling); the weights' gradient is the VJP of z^l in w^l
+    with that delta (autodiff of the layer's forward map alone)."""
     params, xs, ys = _conv_problem()
-    with pytest.raises(ValueError, match="dfa"):
-        feedback.feedback_grad(params, None, xs, ys, rule="dfa", net=CONV_POOL)
+    net = CONV_POOL
+    b = feedback.init_feedback(
+        jax.random.key(2), params, "dfa", net=net, input_shape=CONV_POOL_SHAPE
+    )
+    cache = core.forward_pass(net, params, xs)
+    zs = cache.zs
+    n_out = zs[-1].shape[1]
+    assert [m.shape for m in b] == [(n_out, z.size // 5) for z in zs[:-1]]
+    targets = jax.nn.one_hot(ys, n_out) if ys.ndim == 1 else ys
+    error = jax.nn.softmax(zs[-1]) - targets  # delta^L of softmax and log-likelihood
+    kinds = [spec for spec in net.layers if spec.has_weights]
+    expected = []
+    for l, (kind, layer) in enumerate(zip(kinds, params), start=1):
+        if l < len(params):
+            g = (error @ b[l - 1]).reshape(zs[l - 1].shape)
+            delta = g * (1 - jnp.tanh(zs[l - 1]) ** 2)
+        else:
+            delta = error
+        _, vjp = jax.vjp(lambda p, kind=kind, l=l: kind.forward(p, cache.activations[l - 1]), layer)
+        expected.append(jax.tree.map(lambda leaf: leaf / xs.shape[0], vjp(delta)[0]))
+    got = feedback.feedback_grad(params, b, xs, ys, rule="dfa", net=net)
+    assert_tree_close(got, expected, RTOL)
+    with pytest.raises(ValueError, match=r"needs input_shape="):
+        feedback.init_feedback(jax.random.key(2), params, "dfa", net=net)
+    short = [b[0][:, :-1], *b[1:]]
+    with pytest.raises(ValueError, match=r"hidden layer 1 to have shape \(3, 128\)"):
+        feedback.feedback_grad(params, short, xs, ys, rule="dfa", net=net)
 
 
 # --- 6. diagonal GGN ---------------------------------------------------------------

@@ -406,9 +406,9 @@ def _layered(config: Config, net: Network) -> None:
         "with layers",
     )
     _require(
-        config.rule != "dfa",
-        "rule dfa sends the output error to each hidden layer through an (n_L, n_l) matrix "
-        "and is for dense layers only: with layers use fa, kp, sign, usf, frsf or brsf",
+        config.rule != "dfa" or not net.has_dropout,
+        "rule dfa sends the output error straight to each hidden layer, past the dropout: "
+        "not with dropout (use fa, kp, sign, usf, frsf or brsf)",
     )
     _require(
         jax.process_count() == 1,

@@ -118,7 +118,12 @@ def _initial_state(config: Config, many: bool):
     feedback_keys = jnp.stack(feedback_keys) if many else feedback_keys[0]
     init_feedback = _lift(feedback.init_feedback, ["key", "params"], many)
     matrices = init_feedback(
-        feedback_keys, params, config.rule, scale=config.feedback_scale, net=config.net
+        feedback_keys,
+        params,
+        config.rule,
+        scale=config.feedback_scale,
+        net=config.net,
+        input_shape=config.input_shape,
     )
     return keys, feedback.FeedbackParams(params, matrices)
 

@@ -197,12 +197,14 @@ def test_dense_only_function_names_a_dropout_layer():
         curvature.kfac_factors(params, jnp.ones((2, 3)), jnp.zeros((2, 2)), net=net)
 
 
-def test_dfa_refused():
-    params, xs, ys = _problem()
-    with pytest.raises(ValueError, match=r"Rule 'dfa' takes dense layers only"):
-        feedback.feedback_grad(params, None, xs, ys, rule="dfa", net=NET)
-    with pytest.raises(ValueError, match=r"'dfa'"):
-        feedback.init_feedback(jax.random.key(0), params, "dfa", net=NET)
+def test_dfa_refused_with_dropout():
+    net = fbp.Network(layers=(Dense(4), Dropout(0.5), Dense(2)))
+    params = init_network(jax.random.key(0), net, (3,), dtype=jnp.float64)
+    xs, ys = jnp.ones((2, 3)), jnp.zeros((2, 2))
+    with pytest.raises(ValueError, match=r"Rule 'dfa' .* past the Dropout"):
+        feedback.feedback_grad(params, None, xs, ys, rule="dfa", net=net)
+    with pytest.raises(ValueError, match=r"Rule 'dfa' .* past the Dropout"):
+        feedback.init_feedback(jax.random.key(0), params, "dfa", net=net)
 
 
 # --- init_network and keys ----------------------------------------------------------------

@@ -78,7 +78,7 @@ def test_train_digits_with_convolution_dropout_and_shifts(tmp_path, capsys):
         (["--layers", "conv4x3,pool4"], "does not divide"),
         (["--layers", "dense16,conv4x3"], "after a dense layer"),
         (["--layers", "conv4x3", "--sizes", "64,8,10"], "not both"),
-        ([*CONV, "--rule", "dfa"], "dfa"),
+        ([*CONV, "--dropout", "0.5", "--rule", "dfa"], "dfa"),
         ([*CONV, "--track", "layer-norms"], "layer-norms"),
         ([*CONV, "--dropout", "1"], "--dropout"),
     ],
