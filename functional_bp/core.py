@@ -200,10 +200,7 @@ def check(
     return sizes
 
 
-DENSE_ONLY = (
-    "its functions for layer types other than Dense are listed in the guide's "
-    '"Layer types" page'
-)
+DENSE_ONLY = 'the guide\'s "Layer types" page lists every function that takes them'
 
 
 def example_ndim(net: Network) -> Optional[int]:
@@ -225,8 +222,9 @@ def _check_layered(net: Network, params, xs, ys, batched, layered: bool) -> list
         k, spec = next((k, s) for k, s in enumerate(net.layers, 1) if type(s) is not Dense)
         raise ValueError(
             f"This function takes dense layers only; net.layers has {describe(spec)} at layer "
-            f"{k}. Convolution, pooling and dropout work with grad, value_and_grad, loss, "
-            f"the per-example family, the learning rules and the diagonal GGN ({DENSE_ONLY})"
+            f"{k}. Convolution, pooling and dropout work with the gradient, the per-example "
+            f"and statistics families, the learning rules, the diagonal GGN and data-parallel "
+            f"gradients ({DENSE_ONLY})"
         )
     if not hasattr(xs, "shape"):
         raise TypeError(f"Expected x to be an array, got {type(xs).__name__} instead")
