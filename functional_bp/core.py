@@ -60,7 +60,7 @@ from functional_bp.layers import (
     layer_types,
     shapes,
 )
-from functional_bp.network import Network, check_contracts, check_network
+from functional_bp.network import DenseOnlyError, Network, check_contracts, check_network
 from functional_bp.params import Layer, Params
 
 Array = jax.Array
@@ -170,6 +170,7 @@ def check(
     *,
     batched: Optional[bool] = True,
     layered: bool = False,
+    name: Optional[str] = None,
 ):
     """Checks what a public function was given, before any maths; returns the layer sizes
     (for a network with ``layers``: the input's and each layer with weights' neuron counts).
@@ -179,7 +180,9 @@ def check(
     one example (n_in,), None for either. With ``ys`` and a batch, the batch must hold an
     example (a mean over none is undefined). ``layered``: whether the caller handles
     convolution, pooling and dropout (`functional_bp.layers`); if not, a network holding
-    one is refused, naming the layer. Errors name the layer and the shapes.
+    one is refused, naming the layer (and ``name``, the function, when given; a function
+    jitted by `functional_bp.network.jit_with_net` is named without it). Errors name
+    the layer and the shapes.
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
@@ -192,7 +195,7 @@ def check(
         sizes = check_params(params)
         check_data(sizes, xs, ys, batched=batched)
     else:
-        sizes = _check_layered(net, params, xs, ys, batched, layered)
+        sizes = _check_layered(net, params, xs, ys, batched, layered, name)
     if batched and ys is not None:
         check_nonempty(xs)
     dtype = np.dtype(jnp.result_type(params[0][0]))
@@ -217,11 +220,12 @@ def example_ndim(net: Network) -> Optional[int]:
     return {Dense: 1, Flatten: None}.get(type(first), 3)  # images for Conv2D and pooling
 
 
-def _check_layered(net: Network, params, xs, ys, batched, layered: bool) -> list[int]:
+def _check_layered(net: Network, params, xs, ys, batched, layered: bool, name=None) -> list[int]:
     if net.layered and not layered:
         k, spec = next((k, s) for k, s in enumerate(net.layers, 1) if type(s) is not Dense)
-        raise ValueError(
-            f"This function takes dense layers only; net.layers has {describe(spec)} at layer "
+        raise DenseOnlyError(
+            f"{name or 'This function'} takes dense layers only; net.layers has "
+            f"{describe(spec)} at layer "
             f"{k}. Convolution, pooling and dropout work with the gradient, the per-example "
             f"and statistics families, the learning rules, the diagonal GGN and data-parallel "
             f"gradients ({DENSE_ONLY})"

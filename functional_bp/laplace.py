@@ -222,7 +222,7 @@ def fit(
     batch_size = check_int(batch_size, "batch_size")
     if not isinstance(net, Network):
         raise TypeError(f"Expected net to be a Network, got {type(net).__name__} instead")
-    core.check(net, params, xs, ys)
+    core.check(net, params, xs, ys, name="laplace.fit")
     xs, ys = jnp.asarray(xs), jnp.asarray(ys)
     n = xs.shape[0]
     dtype = jnp.result_type(params[0].w)
@@ -594,7 +594,7 @@ def _inverse(posterior: Posterior):
 def _check_inputs(posterior: Posterior, xs: Any, net: Any) -> None:
     if not isinstance(net, Network):
         raise TypeError(f"Expected net to be a Network, got {type(net).__name__} instead")
-    core.check(net, posterior.params, xs)
+    core.check(net, posterior.params, xs, name="laplace's predictive")
 
 
 def logit_distribution(

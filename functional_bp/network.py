@@ -176,6 +176,11 @@ def _check_layers(layers):
 _DEFAULT = object()
 
 
+class DenseOnlyError(ValueError):
+    """A function for dense layers given a network with another layer type; the message
+    starts "This function", which the public function's wrapper replaces by its name."""
+
+
 def jit_with_net(fn=None, *, static: tuple[str, ...] = ()):
     """`jax.jit` for a public function that takes ``net=``, with ``net`` and ``static``
     as static arguments.
@@ -235,7 +240,11 @@ def jit_with_net(fn=None, *, static: tuple[str, ...] = ()):
     @functools.wraps(fn)
     def call(*args, **kwargs):
         check_call(args, kwargs)
-        return jitted(*args, **kwargs)
+        try:
+            return jitted(*args, **kwargs)
+        except DenseOnlyError as error:  # raised at trace time, by core.check
+            text = str(error).replace("This function", fn.__name__, 1)
+            raise DenseOnlyError(text) from None
 
     for attribute in ("lower", "trace", "eval_shape", "_cache_size", "clear_cache"):
         setattr(call, attribute, getattr(jitted, attribute))
