@@ -435,7 +435,9 @@ def _backward_layers(net: Network, cache: Cache, delta_L: Array, matrices) -> li
     l = num_layers  # the layer with weights whose delta is deltas[0]
     g = None
     for k in range(len(net.layers) - 1, 0, -1):
-        g = _error_below(net.layers[k], cache, k, l, deltas[0], g, matrices[l - 2] if l > 1 else None)
+        g = _error_below(
+            net.layers[k], cache, k, l, deltas[0], g, matrices[l - 2] if l > 1 else None
+        )
         if net.layers[k].has_weights:
             l -= 1
         if net.layers[k - 1].has_weights:  # g is dC/da^l, a^l = sigma(z^l): eq 96's ⊙
@@ -549,9 +551,7 @@ def backprop_batch(
     return Record(cache, ys, backward_pass(net, params, cache, delta_L))
 
 
-def summed_gradients(
-    deltas: list[Array], cache: Cache, *, net: Network = Network()
-) -> list[Layer]:
+def summed_gradients(deltas: list[Array], cache: Cache, *, net: Network = Network()) -> list[Layer]:
     r"""Eq 99 and eq 7 for every layer, summed over the batch: sum_i delta_i^l (a_i^{l-1})^T.
 
     \[ \frac{\partial C}{\partial w^l} = \sum_i \delta^l_i (a^{l-1}_i)^T, \qquad

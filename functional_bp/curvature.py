@@ -124,7 +124,9 @@ def _squared_columns(kind, weights: Array, b: Array, a: Array) -> Layer:
     n, k = b.shape[:2]
     g = kind.per_example_gradient(b.reshape(n * k, *b.shape[2:]), jnp.repeat(a, k, axis=0))
     return jax.tree.map(
-        lambda leaf: jnp.einsum("ik,ik...->i...", weights, (leaf**2).reshape(n, k, *leaf.shape[1:])),
+        lambda leaf: jnp.einsum(
+            "ik,ik...->i...", weights, (leaf**2).reshape(n, k, *leaf.shape[1:])
+        ),
         g,
     )
 
@@ -139,7 +141,9 @@ def _diagonal(
         if is_dense(kind):
             s = core.Dense.gradient(jnp.einsum("ik,ikn->in", weights, b**2), a**2)
         else:
-            s = jax.tree.map(lambda leaf: jnp.sum(leaf, axis=0), _squared_columns(kind, weights, b, a))
+            s = jax.tree.map(
+                lambda leaf: jnp.sum(leaf, axis=0), _squared_columns(kind, weights, b, a)
+            )
         diagonal.append(jax.tree.map(lambda g: g / n, s))
     return diagonal
 
@@ -150,7 +154,9 @@ def _per_example_diagonal(
     """sum_k lambda_ik (b_ik^l)^2 ((a_i^{l-1})^2)^T per example and layer, not summed
     over i: w of shape (batch, n_l, n_{l-1}), b of shape (batch, n_l)."""
     kinds = layer_types(net, len(columns))
-    return [_squared_columns(t, weights, b, a) for t, b, a in zip(kinds, columns, cache.activations)]
+    return [
+        _squared_columns(t, weights, b, a) for t, b, a in zip(kinds, columns, cache.activations)
+    ]
 
 
 def _kfac(cache: core.Cache, weights: Array, columns: list[Array], n: int) -> list[KFACFactors]:

@@ -109,8 +109,7 @@ def _check_feedback(
 def _is_layered(params) -> bool:
     """Params of a network with `functional_bp.layers`: some w of rank 4 (a Conv2D's)."""
     return isinstance(params, (list, tuple)) and any(
-        isinstance(layer, tuple) and len(layer) == 2 and np.ndim(layer[0]) == 4
-        for layer in params
+        isinstance(layer, tuple) and len(layer) == 2 and np.ndim(layer[0]) == 4 for layer in params
     )
 
 
@@ -294,13 +293,17 @@ def _check_header_shapes(path: Path, shapes: Any) -> None:
             and all(type(n) is int and n >= 0 for n in value)
         )
 
-    if not isinstance(shapes, list) or not shapes or not all(
-        isinstance(pair, list)
-        and len(pair) == 2
-        and is_shape(pair[0], (2, 4))
-        and is_shape(pair[1], (1,))
-        and pair[1] == pair[0][:1]
-        for pair in shapes
+    if (
+        not isinstance(shapes, list)
+        or not shapes
+        or not all(
+            isinstance(pair, list)
+            and len(pair) == 2
+            and is_shape(pair[0], (2, 4))
+            and is_shape(pair[1], (1,))
+            and pair[1] == pair[0][:1]
+            for pair in shapes
+        )
     ):
         raise ValueError(
             f"{path}: entry 'header': expected shapes to be a list of [w shape, b shape] "

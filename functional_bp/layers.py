@@ -100,8 +100,7 @@ class Dense(LayerSpec):
     def out_shape(self, in_shape, where):
         if len(in_shape) != 1:
             raise ValueError(
-                f"{where} takes a vector per example, got shape {in_shape}: put Flatten() "
-                f"before it"
+                f"{where} takes a vector per example, got shape {in_shape}: put Flatten() before it"
             )
         return (self.n,)
 
@@ -128,7 +127,9 @@ class Dense(LayerSpec):
 def _pair(value, name: str) -> tuple[int, int]:
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
-            raise ValueError(f"Expected {name} to be an int or a pair (height, width), got {value!r}")
+            raise ValueError(
+                f"Expected {name} to be an int or a pair (height, width), got {value!r}"
+            )
         return tuple(check_int(v, name) for v in value)
     size = check_int(value, name)
     return (size, size)
@@ -193,8 +194,7 @@ class Conv2D(LayerSpec):
     def out_shape(self, in_shape, where):
         if len(in_shape) != 3:
             raise ValueError(
-                f"{where} takes images (channels, height, width) per example, got shape "
-                f"{in_shape}"
+                f"{where} takes images (channels, height, width) per example, got shape {in_shape}"
             )
         spatial = in_shape[1:]
         out = []
@@ -273,8 +273,10 @@ class Conv2D(LayerSpec):
         out_w = (a.shape[3] - kw) // sw + 1
         rows = [
             jnp.stack(
-                [a[:, :, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw]
-                 for j in range(kw)],
+                [
+                    a[:, :, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw]
+                    for j in range(kw)
+                ],
                 axis=2,
             )
             for i in range(kh)
@@ -311,8 +313,7 @@ class _Pool(LayerSpec):
     def out_shape(self, in_shape, where):
         if len(in_shape) != 3:
             raise ValueError(
-                f"{where} takes images (channels, height, width) per example, got shape "
-                f"{in_shape}"
+                f"{where} takes images (channels, height, width) per example, got shape {in_shape}"
             )
         c, h, w = in_shape
         if h % self.size or w % self.size:
@@ -547,4 +548,6 @@ def check_layered_params(net, params: Params, input_shape: tuple[int, ...]) -> N
                     f"Expected {where} {name} to have shape {shape} for input of shape "
                     f"{tuple(input_shape)}, got {tuple(np.shape(leaf))} instead"
                 )
-        first_dtype = check_shared_dtype(((f"{where} w", layer[0]), (f"{where} b", layer[1])), first_dtype)
+        first_dtype = check_shared_dtype(
+            ((f"{where} w", layer[0]), (f"{where} b", layer[1])), first_dtype
+        )

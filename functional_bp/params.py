@@ -70,7 +70,9 @@ def init_mlp(
         raise ValueError(f"Expected at least two layer sizes (input and output), got {sizes}")
     check_init(init, dtype)
     keys = jax.random.split(key, len(sizes) - 1)
-    return [init_layer(k, (n_out, n_in), init, dtype) for n_in, n_out, k in zip(sizes, sizes[1:], keys)]
+    return [
+        init_layer(k, (n_out, n_in), init, dtype) for n_in, n_out, k in zip(sizes, sizes[1:], keys)
+    ]
 
 
 def check_init(init: str, dtype) -> None:

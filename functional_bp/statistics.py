@@ -49,7 +49,9 @@ def _squares(result: core.Record, net: Network) -> list[Layer]:
     convolution's squares do not factor (a sum over positions): its per-example
     gradients are formed and squared."""
     squares = []
-    for kind, d, a in zip(layer_types(net, len(result.deltas)), result.deltas, result.cache.activations):
+    for kind, d, a in zip(
+        layer_types(net, len(result.deltas)), result.deltas, result.cache.activations
+    ):
         if is_dense(kind):
             squares.append(core.Dense.gradient(d**2, a**2))
         else:
@@ -62,7 +64,9 @@ def _grams(result: core.Record, net: Network) -> list[Array]:
     """<g_i^l, g_j^l> of every layer, (N, N): (D D^T) ⊙ (A A^T + 1) for a dense layer; a
     convolution's from its per-example gradients, flattened."""
     grams = []
-    for kind, d, a in zip(layer_types(net, len(result.deltas)), result.deltas, result.cache.activations):
+    for kind, d, a in zip(
+        layer_types(net, len(result.deltas)), result.deltas, result.cache.activations
+    ):
         if is_dense(kind):
             grams.append((d @ d.T) * (a @ a.T + 1))
         else:
@@ -296,7 +300,9 @@ def gradient_noise_scale(
         jnp.sum((g / n) ** 2)
         for g in jax.tree.leaves(core.summed_gradients(result.deltas, result.cache, net=net))
     )
-    squared = norms_from_record(result, net=net).total ** 2  # ||g_i||^2, from the error terms (per_example)
+    squared = (
+        norms_from_record(result, net=net).total ** 2
+    )  # ||g_i||^2, from the error terms (per_example)
     # A sum of squared deviations is never negative; rounding can leave -1e-17 at 0.
     trace = jnp.maximum((jnp.sum(squared) - n * mean_sq) / (n - 1), 0)
     grad_norm_sq = mean_sq - trace / n

@@ -1032,7 +1032,9 @@ def case_convolution(scale):
     @jax.jit
     def autodiff_norms(p, x, y):
         g = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(p, x, y)
-        return jnp.sqrt(sum(jnp.sum(l.reshape(x.shape[0], -1) ** 2, axis=1) for l in jax.tree.leaves(g)))
+        return jnp.sqrt(
+            sum(jnp.sum(l.reshape(x.shape[0], -1) ** 2, axis=1) for l in jax.tree.leaves(g))
+        )
 
     manual_norms = lambda: per_example.per_example_grad_norms(params, xs, ys, net=net).total
     t = timed(

@@ -31,26 +31,67 @@ BOOK = "conv20x5,pool2,conv40x5,pool2"
 L2_DECAY = 0.1 / 5_000
 # (name, the book's test accuracy, its epochs, the config's changes, the CLI options).
 ROWS = [
-    ("one dense hidden layer of 100 sigmoid neurons", 0.9780, 60,
-     dict(sizes=(784, 100, 10)), "--sizes 784,100,10"),
-    ("+ a convolutional-pooling layer (20 filters 5x5, max-pooling 2x2)", 0.9878, 60,
-     dict(layers="conv20x5,pool2,dense100"), '--layers "conv20x5,pool2,dense100"'),
-    ("+ a second convolutional-pooling layer (40 filters 5x5)", 0.9906, 60,
-     dict(layers=BOOK + ",dense100"), f'--layers "{BOOK},dense100"'),
-    ("ReLU, eta 0.03, L2 (lmbda 0.1)", 0.9923, 60,
-     dict(layers=BOOK + ",dense100", activation="relu", learning_rates=(0.03,),
-          weight_decay=L2_DECAY),
-     f'--layers "{BOOK},dense100" --activation relu --eta 0.03 --weight-decay {L2_DECAY:g}'),
-    ("+ the training data expanded by one-pixel shifts", 0.9937, 60,
-     dict(layers=BOOK + ",dense100", activation="relu", learning_rates=(0.03,),
-          weight_decay=L2_DECAY, expand=True),
-     f'--layers "{BOOK},dense100" --activation relu --eta 0.03 --weight-decay {L2_DECAY:g} '
-     "--expand"),
-    ("+ two dense layers of 1,000 with dropout 0.5", 0.9960, 40,
-     dict(layers=BOOK + ",dense1000,dense1000", activation="relu", learning_rates=(0.03,),
-          expand=True, dropout=0.5),
-     f'--layers "{BOOK},dense1000,dense1000" --activation relu --eta 0.03 --expand '
-     "--dropout 0.5"),
+    (
+        "one dense hidden layer of 100 sigmoid neurons",
+        0.9780,
+        60,
+        dict(sizes=(784, 100, 10)),
+        "--sizes 784,100,10",
+    ),
+    (
+        "+ a convolutional-pooling layer (20 filters 5x5, max-pooling 2x2)",
+        0.9878,
+        60,
+        dict(layers="conv20x5,pool2,dense100"),
+        '--layers "conv20x5,pool2,dense100"',
+    ),
+    (
+        "+ a second convolutional-pooling layer (40 filters 5x5)",
+        0.9906,
+        60,
+        dict(layers=BOOK + ",dense100"),
+        f'--layers "{BOOK},dense100"',
+    ),
+    (
+        "ReLU, eta 0.03, L2 (lmbda 0.1)",
+        0.9923,
+        60,
+        dict(
+            layers=BOOK + ",dense100",
+            activation="relu",
+            learning_rates=(0.03,),
+            weight_decay=L2_DECAY,
+        ),
+        f'--layers "{BOOK},dense100" --activation relu --eta 0.03 --weight-decay {L2_DECAY:g}',
+    ),
+    (
+        "+ the training data expanded by one-pixel shifts",
+        0.9937,
+        60,
+        dict(
+            layers=BOOK + ",dense100",
+            activation="relu",
+            learning_rates=(0.03,),
+            weight_decay=L2_DECAY,
+            expand=True,
+        ),
+        f'--layers "{BOOK},dense100" --activation relu --eta 0.03 --weight-decay {L2_DECAY:g} '
+        "--expand",
+    ),
+    (
+        "+ two dense layers of 1,000 with dropout 0.5",
+        0.9960,
+        40,
+        dict(
+            layers=BOOK + ",dense1000,dense1000",
+            activation="relu",
+            learning_rates=(0.03,),
+            expand=True,
+            dropout=0.5,
+        ),
+        f'--layers "{BOOK},dense1000,dense1000" --activation relu --eta 0.03 --expand '
+        "--dropout 0.5",
+    ),
 ]
 
 
@@ -94,7 +135,9 @@ def markdown(result: dict) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["table"]:
-        book = f"{row['book']:.2%}" + ("" if row["book_epochs"] == 60 else f" ({row['book_epochs']} epochs)")
+        book = f"{row['book']:.2%}" + (
+            "" if row["book_epochs"] == 60 else f" ({row['book_epochs']} epochs)"
+        )
         lines.append(
             f"| {row['name']} | `{row['options']}` | {book} | {row['epochs']} | "
             f"{row['final_accuracy']:.2%} | {row['peak_accuracy']:.2%} ({row['peak_epoch']}) | "
@@ -123,12 +166,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=None, help="MNIST directory ($MNIST)")
     parser.add_argument(
-        "--epochs", default=None,
-        help="epochs of each row chosen, comma-separated (default the book's: 60, 40 with "
-        "dropout)",
+        "--epochs",
+        default=None,
+        help="epochs of each row chosen, comma-separated (default the book's: 60, 40 with dropout)",
     )
     parser.add_argument(
-        "--rows", default=",".join(str(i) for i in range(1, len(ROWS) + 1)),
+        "--rows",
+        default=",".join(str(i) for i in range(1, len(ROWS) + 1)),
         help="which rows, 1-based (default all)",
     )
     parser.add_argument("--out", default="out/chapter6")

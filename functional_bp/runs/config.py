@@ -235,8 +235,12 @@ def parse_layers(text: str, dropout: float = 0.0) -> tuple:
     from functional_bp import layers as kinds
 
     patterns = [
-        (r"conv(\d+)x(\d+)(?:s(\d+))?(?:p(\d+))?", lambda f, k, st, pad: kinds.Conv2D(
-            int(f), int(k), stride=int(st or 1), padding=int(pad) if pad else "valid")),
+        (
+            r"conv(\d+)x(\d+)(?:s(\d+))?(?:p(\d+))?",
+            lambda f, k, st, pad: kinds.Conv2D(
+                int(f), int(k), stride=int(st or 1), padding=int(pad) if pad else "valid"
+            ),
+        ),
         (r"pool(\d+)", lambda n: kinds.MaxPool2D(int(n))),
         (r"avgpool(\d+)", lambda n: kinds.AvgPool2D(int(n))),
         (r"dense(\d+)", lambda n: kinds.Dense(int(n))),
@@ -245,15 +249,13 @@ def parse_layers(text: str, dropout: float = 0.0) -> tuple:
     specs, images = [], True
     tokens = [t.strip().lower() for t in str(text).split(",")]
     for token in tokens + ["dense10"]:
-        for pattern, make in patterns:
-            match = re.fullmatch(pattern, token)
-            if match:
-                break
-        else:
+        found = [(make, m) for p, make in patterns if (m := re.fullmatch(p, token))]
+        if not found:
             raise ValueError(
                 f"Unknown layer {token!r} in layers {text!r}: expected convFxK (convFxKsSpP), "
                 f"poolS, avgpoolS, denseN or dropoutR, comma-separated"
             )
+        make, match = found[0]
         try:
             spec = make(*match.groups())
         except (TypeError, ValueError) as error:
@@ -337,7 +339,9 @@ def _feedback_rule(config: Config) -> bool:
 MEANINGFUL: dict[str, tuple[Callable[[Config], bool], Callable[[Config], str]]] = {
     "dropout": (
         lambda c: c.layers is not None,
-        lambda c: "it drops the inputs of the dense layers of layers (--layers), and none are given",
+        lambda c: (
+            "it drops the inputs of the dense layers of layers (--layers), and none are given"
+        ),
     ),
     "data_dir": (
         lambda c: c.dataset == "mnist",
@@ -425,7 +429,9 @@ def _layered_counts(config: Config) -> tuple[int, int]:
         sizes = config.layer_sizes
         return sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:])), sum(sizes[1:])
     net = config.net
-    params = sum(math.prod(w) + math.prod(b) for w, b in kinds.weight_shapes(net, config.input_shape))
+    params = sum(
+        math.prod(w) + math.prod(b) for w, b in kinds.weight_shapes(net, config.input_shape)
+    )
     neurons = sum(math.prod(shape) for shape in kinds.shapes(net, config.input_shape)[1:])
     return params, neurons
 
@@ -476,7 +482,11 @@ def _memory(config: Config) -> None:
     _require(
         need <= limit,
         f"{len(config.runs)} run{'s' if len(config.runs) > 1 else ''} of "
-        + (f"layers {config.layers}" if config.layers else f"sizes {','.join(map(str, config.layer_sizes))}")
+        + (
+            f"layers {config.layers}"
+            if config.layers
+            else f"sizes {','.join(map(str, config.layer_sizes))}"
+        )
         + f" would need at least {need / 2**30:.1f} GiB "
         f"(params, optimizer state, a mini-batch and the measured activations, "
         f"{jnp.dtype(config.dtype).name}), more than the {limit / 2**30:.1f} GiB allowed (half "

@@ -103,11 +103,10 @@ def _initial_state(config: Config, many: bool):
         init_keys, keys = _split(jax.random.key(seeds[0]), False)
     if config.layers is None:
         init = _lift(init_mlp, ["key"], many)
-        params = init(
-            init_keys, config.layer_sizes, init=config.initialisation, dtype=config.dtype
-        )
+        params = init(init_keys, config.layer_sizes, init=config.initialisation, dtype=config.dtype)
     else:
         net, shape = config.net, config.input_shape
+
         def init(key):
             return init_network(key, net, shape, init=config.initialisation, dtype=config.dtype)
 

@@ -3,6 +3,7 @@ network with ``layers``: each is refused with the exception type and a message t
 what is wrong (the layer's number and type, the shapes), at trace time."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -228,3 +229,20 @@ def test_grad_key_of_wrong_type():
         fbp.grad(params, xs, ys, net=NET, key=3)
     with pytest.raises(TypeError, match=r"key to be a jax.random key.*float64 of shape \(3,\)"):
         fbp.grad(params, xs, ys, net=NET, key=jnp.zeros(3))
+
+
+@pytest.mark.parametrize(
+    "name, call",
+    [
+        ("kfac_factors", lambda p, x, y: curvature.kfac_factors(p, x, y, net=NET)),
+        (
+            "layer_gradient_norms",
+            lambda p, x, y: diagnostics.layer_gradient_norms(p, x, y, net=NET),
+        ),
+        ("laplace.fit", lambda p, x, y: laplace.fit(p, x, y, net=NET)),
+    ],
+)
+def test_the_refusal_names_the_function(name, call):
+    params, xs, ys = _problem()
+    with pytest.raises(ValueError, match=rf"^{re.escape(name)} takes dense layers only"):
+        call(params, xs, ys)
