@@ -6,15 +6,17 @@ measured in the same run, each contender's calls interleaved with the others'.
 
 from __future__ import annotations
 
+import os
+import platform
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["gemm_rate", "interleaved_medians"]
+__all__ = ["gemm_rate", "interleaved_medians", "machine", "published_command"]
 
 
 def interleaved_medians(
@@ -78,3 +80,48 @@ def gemm_rate(n: int = 2048, repeats: int = 5) -> float:
         jax.block_until_ready(matmul(a))
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
+
+
+def machine() -> dict:
+    """What a result was measured on, to print beside it: the CPU's model, the cores, the
+    platform, jax's version, the backend and its first device.
+
+    Examples:
+      >>> sorted(fbp.timing.machine())
+      ['backend', 'cores', 'cpu', 'device', 'jax', 'platform']
+    """
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            names = (
+                line.split(":", 1)[1].strip() for line in info if line.startswith("model name")
+            )
+            model = next(names, model)
+    except OSError:  # not Linux: the platform's own name
+        pass
+    return dict(
+        cpu=model,
+        cores=os.cpu_count(),
+        platform=platform.platform(),
+        jax=jax.__version__,
+        backend=jax.default_backend(),
+        device=str(jax.devices()[0].device_kind),
+    )
+
+
+def published_command(script: str, argv: Sequence[str]) -> str:
+    """``python SCRIPT ARGS`` as a result file shows it: the data directory written
+    ``$MNIST``, never this machine's path.
+
+    Examples:
+      >>> fbp.timing.published_command("scripts/x.py", ["--data-dir", "/data/mnist", "-q"])
+      'python scripts/x.py --data-dir $MNIST -q'
+    """
+    shown = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--data-dir="):
+            arg = "--data-dir=$MNIST"
+        elif i and argv[i - 1] == "--data-dir":
+            arg = "$MNIST"
+        shown.append(arg)
+    return " ".join(["python", script, *shown])

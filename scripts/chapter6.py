@@ -15,13 +15,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
-
-import jax
 
 from functional_bp import runs, timing
 
@@ -93,25 +89,6 @@ ROWS = [
         "--dropout 0.5",
     ),
 ]
-
-
-def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            model = next(
-                (line.split(":", 1)[1].strip() for line in info if line.startswith("model name")),
-                model,
-            )
-    except OSError:
-        pass
-    return dict(
-        cpu=model,
-        cores=os.cpu_count(),
-        platform=platform.platform(),
-        jax=jax.__version__,
-        backend=jax.default_backend(),
-    )
 
 
 def markdown(result: dict) -> str:
@@ -201,15 +178,11 @@ def main(argv=None) -> int:
     gemm_n = 2048
     gemm = timing.gemm_rate(gemm_n)
     print(f"GEMM rate: {gemm:.1f} GFLOP/s (float32 {gemm_n}^2)", flush=True)
-    given = list(sys.argv[1:] if argv is None else argv)
-    for i, arg in enumerate(given):  # the data's path as $MNIST, never the local one
-        if arg.startswith("--data-dir="):
-            given[i] = "--data-dir=$MNIST"
-        elif i and given[i - 1] == "--data-dir":
-            given[i] = "$MNIST"
     result = dict(
-        command=" ".join(["python scripts/chapter6.py", *given]),
-        machine=machine(),
+        command=timing.published_command(
+            "scripts/chapter6.py", sys.argv[1:] if argv is None else argv
+        ),
+        machine=timing.machine(),
         gemm_n=gemm_n,
         gemm_gflops=gemm,
         table=[],

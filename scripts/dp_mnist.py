@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 import sys
 import time
 from pathlib import Path
-
-import jax
 
 from functional_bp import runs, timing
 
@@ -29,18 +25,6 @@ DELTA = 1e-5
 # Abadi et al. 2016, "Deep Learning with Differential Privacy", MNIST test accuracy at
 # (epsilon, delta = 1e-5): 90 %, 95 %, 97 % (PCA-60 input, 1000 relu units, lot 600).
 ABADI = {0.5: 0.90, 2.0: 0.95, 8.0: 0.97}
-
-
-def machine() -> dict:
-    device = jax.devices()[0]
-    return dict(
-        cpu=platform.processor() or platform.machine(),
-        cores=os.cpu_count(),
-        platform=platform.platform(),
-        jax=jax.__version__,
-        backend=jax.default_backend(),
-        device=str(device.device_kind),
-    )
 
 
 def plot(records: dict, path: Path) -> None:
@@ -180,15 +164,11 @@ def main(argv=None) -> int:
             )
         )
     wall = time.perf_counter() - start
-    given = list(sys.argv[1:] if argv is None else argv)
-    for i, arg in enumerate(given):  # the data's path as $MNIST, never the local one
-        if arg.startswith("--data-dir="):
-            given[i] = "--data-dir=$MNIST"
-        elif i and given[i - 1] == "--data-dir":
-            given[i] = "$MNIST"
     result = dict(
-        command=" ".join(["python scripts/dp_mnist.py", *given]),
-        machine=machine(),
+        command=timing.published_command(
+            "scripts/dp_mnist.py", sys.argv[1:] if argv is None else argv
+        ),
+        machine=timing.machine(),
         gemm_n=gemm_n,
         gemm_gflops=gemm,
         wall_seconds=wall,

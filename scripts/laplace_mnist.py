@@ -16,8 +16,6 @@ measured in the same run.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,17 +34,6 @@ NET = fbp.Network("relu", "softmax", "log_likelihood")
 SIZES = [784, 100, 10]
 ANGLES = (15, 30, 45, 60, 75, 90)
 BINS = 15
-
-
-def machine() -> dict:
-    return dict(
-        cpu=platform.processor() or platform.machine(),
-        cores=os.cpu_count(),
-        platform=platform.platform(),
-        jax=jax.__version__,
-        backend=jax.default_backend(),
-        device=str(jax.devices()[0].device_kind),
-    )
 
 
 def rotate(x: np.ndarray, angle: float) -> np.ndarray:
@@ -90,10 +77,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="out/laplace_mnist")
     args = parser.parse_args(argv)
-    given = list(sys.argv[1:] if argv is None else argv)
-    shown = ["$MNIST" if i and given[i - 1] == "--data-dir" else a for i, a in enumerate(given)]
-    shown = ["--data-dir=$MNIST" if a.startswith("--data-dir=") else a for a in shown]
-    command = " ".join(["python scripts/laplace_mnist.py", *shown])
+    given = sys.argv[1:] if argv is None else argv
+    command = timing.published_command("scripts/laplace_mnist.py", given)
     started = time.perf_counter()
     gemm = timing.gemm_rate()
     print(f"GEMM rate: {gemm:.1f} GFLOP/s (float32 2048^2)", flush=True)
@@ -172,7 +157,7 @@ def main(argv=None) -> int:
         )
     total = time.perf_counter() - started
 
-    m = machine()
+    m = timing.machine()
     lines = [
         f"MNIST [784, 100, 10], relu/softmax/log-likelihood, Adam {args.learning_rate:g} "
         "(cosine decay to 0) "
