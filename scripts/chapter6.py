@@ -103,6 +103,11 @@ def markdown(result: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; jax {m['jax']} "
         f"({m['backend']}). Measured GEMM rate (float32 {result['gemm_n']}^2 `jnp` matmul, "
         f"same run): {result['gemm_gflops']:.1f} GFLOP/s.",
+        *(
+            f"Then `{later['command']}` for {', '.join(later['rows'])} (GEMM "
+            f"{later['gemm_gflops']:.1f} GFLOP/s in that run)."
+            for later in result.get("later_runs", [])
+        ),
         "",
         "MNIST, network3.py's settings: 50,000 training images, test accuracy on the "
         "10,000 test images, softmax output with the log-likelihood cost, SGD at "
