@@ -211,6 +211,8 @@ def main(argv=None) -> int:
 
         start = time.perf_counter()
         record = runs.train(config, runs.load(config), on_epoch=report).record
+        if record["config"]["data_dir"] is not None:  # the data's path as $MNIST
+            record["config"]["data_dir"] = "$MNIST"
         result["records"][name] = record
         result["table"].append(
             dict(
