@@ -83,6 +83,7 @@ __all__ = [
     "mean_cost",
     "mean_value_and_grad",
     "input_error",
+    "layer_terms",
     "output_errors",
     "per_example_gradients",
     "summed_gradients",
@@ -216,8 +217,12 @@ def example_ndim(net: Network) -> Optional[int]:
     """
     if net.layers is None:
         return 1
-    first = next((s for s in net.layers if type(s) is not Dropout), net.layers[-1])
-    return {Dense: 1, Flatten: None}.get(type(first), 3)  # images for Conv2D and pooling
+    return {Dense: 1, Flatten: None}.get(type(_first_layer(net)), 3)  # images: Conv2D, pooling
+
+
+def _first_layer(net: Network):
+    """The first layer type that sets the input's shape (dropout takes any)."""
+    return next((s for s in net.layers if type(s) is not Dropout), net.layers[-1])
 
 
 def _check_layered(net: Network, params, xs, ys, batched, layered: bool, name=None) -> list[int]:
@@ -232,7 +237,7 @@ def _check_layered(net: Network, params, xs, ys, batched, layered: bool, name=No
         )
     if not hasattr(xs, "shape"):
         raise TypeError(f"Expected x to be an array, got {type(xs).__name__} instead")
-    first = next((s for s in net.layers if type(s) is not Dropout), net.layers[-1])
+    first = _first_layer(net)
     rank = example_ndim(net)
     x_shape = tuple(np.shape(xs))
     one = batched is False or (batched is None and rank is not None and len(x_shape) == rank)
@@ -551,6 +556,21 @@ def backprop_batch(
     return Record(cache, ys, backward_pass(net, params, cache, delta_L))
 
 
+def layer_terms(net: Network, deltas: list[Array], cache: Cache) -> list[tuple]:
+    """``(layer type, delta^l, a^{l-1})`` of every layer with weights: what eq 99 (or a
+    quantity built like it) takes, with the type whose gradient to use. ``deltas`` may
+    also be columns backpropagated in place of delta^L.
+
+    Examples:
+      >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
+      >>> record = fbp.core.backprop_batch(Network(), params, jnp.ones((5, 3)), jnp.zeros((5, 2)))
+      >>> [(kind.__name__, d.shape, a.shape) for kind, d, a in
+      ...  fbp.core.layer_terms(Network(), record.deltas, record.cache)]
+      [('Dense', (5, 4), (5, 3)), ('Dense', (5, 2), (5, 4))]
+    """
+    return list(zip(layer_types(net, len(deltas)), deltas, cache.activations))
+
+
 def summed_gradients(deltas: list[Array], cache: Cache, *, net: Network = Network()) -> list[Layer]:
     r"""Eq 99 and eq 7 for every layer, summed over the batch: sum_i delta_i^l (a_i^{l-1})^T.
 
@@ -567,8 +587,7 @@ def summed_gradients(deltas: list[Array], cache: Cache, *, net: Network = Networ
       >>> [g.w.shape for g in fbp.core.summed_gradients(record.deltas, record.cache)]
       [(4, 3), (2, 4)]
     """
-    types = layer_types(net, len(deltas))
-    return [t.gradient(d, a) for t, d, a in zip(types, deltas, cache.activations)]
+    return [kind.gradient(d, a) for kind, d, a in layer_terms(net, deltas, cache)]
 
 
 def per_example_gradients(
@@ -587,8 +606,7 @@ def per_example_gradients(
       >>> [g.w.shape for g in fbp.core.per_example_gradients(record.deltas, record.cache)]
       [(5, 4, 3), (5, 2, 4)]
     """
-    types = layer_types(net, len(deltas))
-    return [t.per_example_gradient(d, a) for t, d, a in zip(types, deltas, cache.activations)]
+    return [kind.per_example_gradient(d, a) for kind, d, a in layer_terms(net, deltas, cache)]
 
 
 def mean_value_and_grad(
@@ -680,4 +698,4 @@ class MeanGradient(Gradient):
     layered = True
 
     def __call__(self, key, net, params, xs, ys):
-        return mean_value_and_grad(net, params, xs, ys, key=key if net.has_dropout else None)[1]
+        return mean_value_and_grad(net, params, xs, ys, key=key)[1]

@@ -49,7 +49,7 @@ from functional_bp._validation import (
     finite_array,
 )
 from functional_bp.equations import output_error
-from functional_bp.layers import is_dense, layer_types
+from functional_bp.layers import is_dense
 from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
 
@@ -137,7 +137,7 @@ def _diagonal(
     """(1/N) sum_i sum_k lambda_ik (b_ik^l)^2 ((a_i^{l-1})^2)^T per layer (b: without the
     a factor): eq 99 squared entry by entry, summed over the columns first."""
     diagonal = []
-    for kind, b, a in zip(layer_types(net, len(columns)), columns, cache.activations):
+    for kind, b, a in core.layer_terms(net, columns, cache):
         if is_dense(kind):
             s = core.Dense.gradient(jnp.einsum("ik,ikn->in", weights, b**2), a**2)
         else:
@@ -153,10 +153,8 @@ def _per_example_diagonal(
 ) -> list[Layer]:
     """sum_k lambda_ik (b_ik^l)^2 ((a_i^{l-1})^2)^T per example and layer, not summed
     over i: w of shape (batch, n_l, n_{l-1}), b of shape (batch, n_l)."""
-    kinds = layer_types(net, len(columns))
-    return [
-        _squared_columns(t, weights, b, a) for t, b, a in zip(kinds, columns, cache.activations)
-    ]
+    terms = core.layer_terms(net, columns, cache)
+    return [_squared_columns(kind, weights, b, a) for kind, b, a in terms]
 
 
 def _kfac(cache: core.Cache, weights: Array, columns: list[Array], n: int) -> list[KFACFactors]:

@@ -68,7 +68,7 @@ from functional_bp._validation import (
     optional_key,
     positive,
 )
-from functional_bp.layers import is_dense, layer_types
+from functional_bp.layers import is_dense
 from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
 
@@ -158,8 +158,7 @@ def norms_from_record(record: core.Record, *, net: Network = Network()) -> PerEx
       (5,)
     """
     layers = []
-    types = layer_types(net, len(record.deltas))
-    for kind, delta, a_prev in zip(types, record.deltas, record.cache.activations):
+    for kind, delta, a_prev in core.layer_terms(net, record.deltas, record.cache):
         if is_dense(kind):
             delta_norm = _norm(delta)
             layers.append(Layer(delta_norm * _norm(a_prev), delta_norm))
@@ -229,7 +228,7 @@ def _clipped_mean(
     """One weighted backward pass: sum_i w_i delta_i a_i^T with w_i = m_i min(1, C/||g_i||)
     / B, m_i the mask (1 without one), B the expected batch size or the real examples.
     ``key`` draws the dropout masks of a network that has them."""
-    record = core.backprop_batch(net, params, xs, ys, key=key if net.has_dropout else None)
+    record = core.backprop_batch(net, params, xs, ys, key=key)
     weights = clip_weights(norms_from_record(record, net=net).total, clip_norm)
     if mask is not None:
         weights = weights * mask.astype(weights.dtype)

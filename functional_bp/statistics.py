@@ -28,7 +28,7 @@ import numpy as np
 
 from functional_bp import core
 from functional_bp._validation import check_values, finite_array
-from functional_bp.layers import is_dense, layer_types
+from functional_bp.layers import is_dense
 from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
 from functional_bp.per_example import norms_from_record
@@ -49,9 +49,7 @@ def _squares(result: core.Record, net: Network) -> list[Layer]:
     convolution's squares do not factor (a sum over positions): its per-example
     gradients are formed and squared."""
     squares = []
-    for kind, d, a in zip(
-        layer_types(net, len(result.deltas)), result.deltas, result.cache.activations
-    ):
+    for kind, d, a in core.layer_terms(net, result.deltas, result.cache):
         if is_dense(kind):
             squares.append(core.Dense.gradient(d**2, a**2))
         else:
@@ -64,9 +62,7 @@ def _grams(result: core.Record, net: Network) -> list[Array]:
     """<g_i^l, g_j^l> of every layer, (N, N): (D D^T) ⊙ (A A^T + 1) for a dense layer; a
     convolution's from its per-example gradients, flattened."""
     grams = []
-    for kind, d, a in zip(
-        layer_types(net, len(result.deltas)), result.deltas, result.cache.activations
-    ):
+    for kind, d, a in core.layer_terms(net, result.deltas, result.cache):
         if is_dense(kind):
             grams.append((d @ d.T) * (a @ a.T + 1))
         else:

@@ -33,6 +33,7 @@ from functional_bp._validation import (
     check_key,
     check_values,
     is_traced,
+    optional_key,
     optional_non_negative,
     positive,
 )
@@ -110,11 +111,6 @@ def _check_gradient(gradient, name: str) -> None:
     gradient.check_values()
 
 
-def _optional_key(key, name: str) -> None:
-    if key is not None:
-        check_key(key, name)
-
-
 def _step(key, optimizer, params, opt_state, xs, ys, gradient, net):
     """gradient, then the optimizer's update with the extra inputs it declares."""
     grads = gradient(key, net, params, xs, ys)
@@ -143,7 +139,7 @@ def _extra_inputs(optimizer, params) -> tuple:
     return inputs
 
 
-@check_values(key=_optional_key, gradient=_check_gradient)
+@check_values(key=optional_key, gradient=_check_gradient)
 @jit_with_net(static=("optimizer",))
 def train_step(
     key: Optional[Array],
