@@ -59,6 +59,48 @@ def _target(path: Path, what: str) -> Path:
     return target
 
 
+def open_regular(path: str | os.PathLike, what: str):
+    """``path`` opened for reading in binary, refused at once unless it is (or a symlink
+    leads to) a regular file: a FIFO would block until a writer came, a device could
+    stream forever. Opened without blocking, then checked with ``fstat`` (no race
+    between the check and the open).
+
+    Raises:
+      FileNotFoundError: nothing is there.
+      ValueError: ``"{path}: not {what} (it is a FIFO (named pipe), not a regular
+        file)"``: a directory, a FIFO, a socket, a device, or a file that cannot be
+        opened (the reason named).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise
+    except OSError as error:  # a directory on some systems, permissions, a socket, ...
+        mode = _mode_or_none(path)
+        reason = error.strerror or error
+        if mode is not None and not stat.S_ISREG(mode):
+            reason = _not_regular(mode)
+        raise ValueError(f"{path}: not {what} ({reason})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ValueError(f"{path}: not {what} ({_not_regular(mode)})")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _not_regular(mode: int) -> str:
+    return "it is a directory" if stat.S_ISDIR(mode) else f"it is {_kind(mode)}, not a regular file"
+
+
+def _mode_or_none(path) -> int | None:
+    try:
+        return os.stat(path).st_mode
+    except OSError:
+        return None
+
+
 def check_writable(path: str | os.PathLike, what: str) -> Path:
     """Raises before any work unless ``path`` can be created or replaced; returns it as a
     `Path`.

@@ -60,7 +60,13 @@ from functional_bp.layers import (
     layer_types,
     shapes,
 )
-from functional_bp.network import DenseOnlyError, Network, check_contracts, check_network
+from functional_bp.network import (
+    DenseOnlyError,
+    KeyRequiredError,
+    Network,
+    check_contracts,
+    check_network,
+)
 from functional_bp.params import Layer, Params
 
 Array = jax.Array
@@ -76,6 +82,7 @@ __all__ = [
     "backprop_batch",
     "backward_pass",
     "check",
+    "check_drawn",
     "example_costs",
     "forward_pass",
     "gradient_class",
@@ -278,7 +285,7 @@ def _per_neuron(fn, *arrays: Array) -> Array:
     images is flattened to its C H W neurons first (a softmax or a user's activation
     that reduces sees the whole layer), and the result takes the shape back."""
     shape = arrays[0].shape
-    flat = [a.reshape(shape[0], -1) for a in arrays]
+    flat = [a.reshape(shape[0], math.prod(shape[1:])) for a in arrays]  # batch 0 too
     return jax.vmap(fn)(*flat).reshape(shape)
 
 
@@ -422,6 +429,7 @@ def backward_pass(
     """
     matrices = [layer.w for layer in params[1:]] if matrices is None else matrices
     if net.layers is not None:
+        check_drawn(net, cache)
         return _backward_layers(net, cache, delta_L, matrices)
     deltas = [delta_L]
     for l in range(len(params) - 1, 0, -1):  # params[l] is layer l+1
@@ -450,6 +458,31 @@ def _backward_layers(net: Network, cache: Cache, delta_L: Array, matrices) -> li
             if l == 1:
                 break
     return deltas
+
+
+def check_drawn(net: Network, cache: Cache) -> None:
+    """Trace time: every layer that draws from a key (`Dropout`) drew in the forward pass
+    whose ``cache`` the backward pass is given; else `KeyRequiredError`, naming the layer.
+    Without its masks a gradient would be that of the network without dropout, silently.
+
+    Examples:
+      >>> net = Network(layers=(fbp.layers.Dense(4), fbp.layers.Dropout(0.5), fbp.layers.Dense(2)))
+      >>> params = fbp.layers.init_network(jax.random.key(0), net, (3,))
+      >>> fbp.core.check_drawn(net, fbp.core.forward_pass(net, params, jnp.ones((5, 3))))
+      Traceback (most recent call last):
+      functional_bp.network.KeyRequiredError: This function needs a key: net.layers[1] is ...
+    """
+    if net.layers is None:
+        return
+    for k, spec in enumerate(net.layers):
+        if spec.random and cache.stages[k] is None:
+            raise KeyRequiredError(
+                f"This function needs a key: net.layers[{k}] is {describe(spec)}, "
+                f"which draws its masks from one, and none was given, so the result would be "
+                f"that of the network without it. Give a jax.random key (key=, or the key of "
+                f"a training step), or pass net=net.deterministic() to differentiate the "
+                f"network without dropout on purpose (what evaluation runs)"
+            )
 
 
 def _error_below(spec, cache: Cache, k: int, l: int, delta: Array, g, weights) -> Array:
@@ -492,6 +525,7 @@ def input_error(net: Network, params: Params, cache: Cache, delta_1: Array) -> A
     """
     if net.layers is None:
         return Dense.transport(params[0].w, delta_1)
+    check_drawn(net, cache)
     first = next(k for k, spec in enumerate(net.layers) if spec.has_weights)
     g = net.layers[first].transport(params[0].w, delta_1, cache.activations[0])
     for k in range(first - 1, -1, -1):

@@ -522,8 +522,10 @@ class CurvatureTransformation(optax.GradientTransformationExtraArgs):
     """An optax transformation whose ``update`` takes ``diag_ggn=`` (the diagonal GGN of
     the mini-batch, structure of params). It declares that input in ``extra_inputs``,
     so `training.train_step` and `training.epoch` compute it in the same step and pass
-    it. Wrap an `optax.chain` that contains `scale_by_diag_ggn` in it to keep that:
-    ``CurvatureTransformation(*optax.chain(...))``.
+    it; for a network with `functional_bp.layers.Dropout`, of ``net.deterministic()``
+    (the curvature of the network dropout averages over, not of one draw of its masks),
+    while the gradient it preconditions draws them. Wrap an `optax.chain` that contains
+    `scale_by_diag_ggn` in it to keep that: ``CurvatureTransformation(*optax.chain(...))``.
 
     Examples:
       >>> optimizer = fbp.curvature.diag_ggn_descent(0.1)

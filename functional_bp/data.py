@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from functional_bp._files import atomic_write
+from functional_bp._files import atomic_write, open_regular
 from functional_bp._validation import check_int, check_number
 
 PathLike = str | os.PathLike
@@ -194,7 +194,7 @@ def read_idx(file: PathLike) -> np.ndarray:
       array([7, 8, 9], dtype=uint8)
     """
     path = Path(file)
-    with open(path, "rb") as f:
+    with open_regular(path, "an IDX file") as f:  # a FIFO is refused, not waited on
         data = f.read()
     if data[:2] == b"\x1f\x8b":
         try:

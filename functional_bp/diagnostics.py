@@ -60,7 +60,7 @@ class LayerNorms(NamedTuple):
     weight_grad: Array
 
 
-@jit_with_net
+@jit_with_net(half_in_float32=True)
 def layer_gradient_norms(
     params: Params, xs: Array, ys: Array, *, net: Network = Network()
 ) -> LayerNorms:
@@ -99,7 +99,7 @@ def _check_labels(labels, xs, num_classes: int) -> None:
     check_label_range(labels, num_classes, "labels")
 
 
-@jit_with_net
+@jit_with_net(half_in_float32=True)
 def correct(params: Params, xs: Array, labels: Array, *, net: Network = Network()) -> Array:
     """How many examples have argmax(a^L) == label, as a jitted scalar (the metric
     `evaluate` sums over batches; vmap it over runs with `training.many`).
@@ -230,7 +230,7 @@ def total_cost(
     return float(mean + l2_term(params, weight_decay))
 
 
-@jit_with_net
+@jit_with_net(half_in_float32=True)
 def _summed_cost(params, xs, ys, *, net):
     return core.mean_cost(net, params, xs, ys) * xs.shape[0]
 
@@ -281,6 +281,8 @@ def check_divergence(
         ...
       functional_bp.diagnostics.TrainingDiverged: training diverged at epoch 3 (cost nan)
     """
+    # NaN would make every comparison false and switch the check off.
+    check_number(max_abs, "max_abs", minimum=0, inclusive=False, optional=True)
     if all(np.ndim(layer[0]) == 2 for layer in params if isinstance(layer, tuple)):
         check_params(params)  # dense: the chain of shapes; a convolution's w has rank 4
     finite, largest = _health(params)

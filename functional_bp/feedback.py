@@ -482,7 +482,7 @@ def _check(net: Network, params, feedback, xs, ys, rule, where: str) -> None:
 
 
 @_public("feedback_grad")
-@jit_with_net(static=("rule",))
+@jit_with_net(static=("rule",), half_in_float32=True)
 def feedback_grad(
     params: Params,
     feedback: Optional[list[Array]],
@@ -598,7 +598,7 @@ def _angle(a: Array, b: Array) -> Array:
 
 
 @_public("alignment_angles")
-@jit_with_net(static=("rule",))
+@jit_with_net(static=("rule",), half_in_float32=True)
 def alignment_angles(
     params: Params,
     feedback: Optional[list[Array]],

@@ -18,7 +18,7 @@ Array = jax.Array
 
 
 @check_values(key=optional_key)
-@jit_with_net
+@jit_with_net(half_in_float32=True)
 def forward(
     params: Params, x: Array, *, net: Network = Network(), key: Optional[Array] = None
 ) -> tuple[Array, core.Cache]:
@@ -51,7 +51,7 @@ def forward(
 
 
 @check_values(key=optional_key)
-@jit_with_net
+@jit_with_net(half_in_float32=True)
 def loss(
     params: Params, xs: Array, ys: Array, *, net: Network = Network(), key: Optional[Array] = None
 ) -> Array:
@@ -77,7 +77,7 @@ def loss(
 
 
 @check_values(key=optional_key)
-@jit_with_net
+@jit_with_net(half_in_float32=True)
 def value_and_grad(
     params: Params, xs: Array, ys: Array, *, net: Network = Network(), key: Optional[Array] = None
 ) -> tuple[Array, list[Layer]]:
@@ -105,7 +105,7 @@ def value_and_grad(
 
 
 @check_values(key=optional_key)
-@jit_with_net
+@jit_with_net(half_in_float32=True)
 def grad(
     params: Params, xs: Array, ys: Array, *, net: Network = Network(), key: Optional[Array] = None
 ) -> list[Layer]:
@@ -141,7 +141,7 @@ def grad(
 
 
 @check_values(key=optional_key)
-@jit_with_net
+@jit_with_net(half_in_float32=True)
 def error_terms(
     params: Params, x: Array, y: Array, *, net: Network = Network(), key: Optional[Array] = None
 ) -> list[Array]:
@@ -175,7 +175,7 @@ def error_terms(
 
 
 @check_values(key=optional_key)
-@jit_with_net
+@jit_with_net(half_in_float32=True)
 def backprop(
     params: Params, x: Array, y: Array, *, net: Network = Network(), key: Optional[Array] = None
 ) -> list[Layer]:
@@ -236,7 +236,7 @@ def _network_bwd(net, residuals, cotangent):
 _network.defvjp(_network_fwd, _network_bwd)
 
 
-@jit_with_net
+@jit_with_net(half_in_float32=True)
 def mlp(params: Params, x: Array, *, net: Network = Network()) -> Array:
     """The output a^L of the network (network.py's ``feedforward``), differentiated by the
     hand-written backprop.

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from functional_bp._files import atomic_write, check_writable
+from functional_bp._files import atomic_write, check_writable, open_regular
 from functional_bp._validation import check_float_dtype, check_params, check_shared_dtype
 from functional_bp.feedback import RULES, init_feedback
 from functional_bp.params import Layer, Params
@@ -369,12 +369,7 @@ def load_params(path: str | os.PathLike) -> tuple[list[Layer], dict[str, Any]]:
       ((2, 3), {'sizes': [3, 2], 'cost': 'quadratic'})
     """
     path = Path(path)
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise
-    except OSError as error:
-        raise ValueError(f"{path}: not a functional_bp params file ({error})") from None
+    f = open_regular(path, "a functional_bp params file")
     with f:
         try:
             data = np.load(f, allow_pickle=False)

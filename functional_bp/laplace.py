@@ -91,6 +91,10 @@ class Posterior(NamedTuple):
         (eigenvalues, eigenvectors) of the block; None for ``"diag"`` (and where None,
         they are computed when needed). Eigenvalues are clipped at 0 (G is positive
         semi-definite up to rounding). Replace it with None if you replace curvature.
+      net: the `Network` it was fitted with; the predictives use it and refuse another.
+        Curvature, prior and log-likelihood are held in at least float32 (float16 and
+        bfloat16 params keep their dtype; their curvature is computed and decomposed in
+        float32).
 
     Examples:
       >>> from functional_bp import laplace
@@ -109,6 +113,7 @@ class Posterior(NamedTuple):
     log_likelihood: Array
     structure: str
     eigen: Any = None
+    net: Optional[Network] = None
 
 
 def _check_structure(structure: Any) -> str:
@@ -225,7 +230,8 @@ def fit(
     core.check(net, params, xs, ys, name="laplace.fit")
     xs, ys = jnp.asarray(xs), jnp.asarray(ys)
     n = xs.shape[0]
-    dtype = jnp.result_type(params[0].w)
+    # Half-precision params: the curvature and its eigendecompositions in float32.
+    dtype = jnp.promote_types(jnp.result_type(params[0].w), jnp.float32)
     total, log_likelihood = None, 0.0
     for start in range(0, n, batch_size):
         xb, yb = xs[start : start + batch_size], ys[start : start + batch_size]
@@ -249,6 +255,7 @@ def fit(
         prior_precision=jnp.asarray(prior_precision, dtype),
         log_likelihood=jnp.asarray(log_likelihood, dtype),
         structure=structure,
+        net=net,
     )
     return posterior._replace(eigen=_decompose(posterior))
 
@@ -591,14 +598,32 @@ def _inverse(posterior: Posterior):
     return (vectors / (n * values + tau)[None]) @ vectors.T
 
 
-def _check_inputs(posterior: Posterior, xs: Any, net: Any) -> None:
+def _network_of(posterior: Posterior, net: Any, name: str) -> Network:
+    """The posterior's own network; ``net``, when given, must be it."""
+    if net is None:
+        if posterior.net is None:
+            raise ValueError(
+                f"{name}: the posterior records no network (it was not made by laplace.fit): "
+                f"pass net="
+            )
+        return posterior.net
     if not isinstance(net, Network):
         raise TypeError(f"Expected net to be a Network, got {type(net).__name__} instead")
+    if posterior.net is not None and net != posterior.net:
+        raise ValueError(
+            f"{name}: expected the network the posterior was fitted with, {posterior.net!r}, "
+            f"got net={net!r}: a posterior's curvature is that of its own network (leave "
+            f"net out to use it)"
+        )
+    return net
+
+
+def _check_inputs(posterior: Posterior, xs: Any, net: Network) -> None:
     core.check(net, posterior.params, xs, name="laplace's predictive")
 
 
 def logit_distribution(
-    posterior: Posterior, xs: Array, *, batch_size: int = 1000, net: Network = Network()
+    posterior: Posterior, xs: Array, *, batch_size: int = 1000, net: Optional[Network] = None
 ) -> tuple[Array, Array]:
     r"""The linearised (GLM) predictive of the pre-activations z^L:
     \( z^L(x) \sim \mathcal N(f_{\theta^*}(x), J(x) P^{-1} J(x)^\top) \).
@@ -614,7 +639,8 @@ def logit_distribution(
       posterior: a `Posterior`.
       xs: inputs, shape (batch, n_in).
       batch_size: examples per computation.
-      net: the `Network` the posterior was fitted with.
+      net: None (the default) for the `Network` the posterior was fitted with
+        (`Posterior.net`); another is refused.
 
     Returns:
       ``(mean, covariance)``: shapes (batch, n_L) and (batch, n_L, n_L).
@@ -630,6 +656,7 @@ def logit_distribution(
     """
     posterior = _check_posterior(posterior)
     batch_size = check_int(batch_size, "batch_size")
+    net = _network_of(posterior, net, "logit_distribution")
     _check_inputs(posterior, xs, net)
     xs = jnp.asarray(xs)
     inverse = _inverse(posterior)
@@ -672,7 +699,7 @@ def predict(
     samples: int = 100,
     key: Optional[Array] = None,
     batch_size: int = 1000,
-    net: Network = Network(),
+    net: Optional[Network] = None,
 ) -> Array:
     r"""The posterior predictive class probabilities of a softmax network with the
     log-likelihood cost.
@@ -693,7 +720,9 @@ def predict(
       samples: S, for the Monte-Carlo methods.
       key: a `jax.random` key, needed by the Monte-Carlo methods.
       batch_size: examples per computation.
-      net: the `Network` the posterior was fitted with: softmax output, log-likelihood.
+      net: None (the default) for the `Network` the posterior was fitted with
+        (`Posterior.net`), which has a softmax output and the log-likelihood cost; another
+        is refused.
 
     Returns:
       Probabilities, shape (batch, n_L); each row sums to 1.
@@ -712,8 +741,7 @@ def predict(
         raise ValueError(f"Unknown method {method!r}; expected one of {list(METHODS)}")
     samples = check_int(samples, "samples")
     batch_size = check_int(batch_size, "batch_size")
-    if not isinstance(net, Network):
-        raise TypeError(f"Expected net to be a Network, got {type(net).__name__} instead")
+    net = _network_of(posterior, net, "predict")
     if net.output_activation.name != "softmax" or net.cost.name != "log_likelihood":
         raise ValueError(
             "predict is for classification: expected net with a softmax output and the "

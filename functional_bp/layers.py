@@ -386,7 +386,7 @@ class Flatten(LayerSpec):
         return (math.prod(in_shape),)
 
     def apply(self, a: Array) -> Array:
-        return a.reshape(a.shape[0], -1)
+        return a.reshape(a.shape[0], math.prod(a.shape[1:]))
 
     def route(self, g: Array, a_in: Array) -> Array:
         return g.reshape(a_in.shape)

@@ -135,6 +135,22 @@ class Network:
         """Whether ``layers`` holds a `Dropout` (random only where a key is given)."""
         return self.layers is not None and any(s.random for s in self.layers)
 
+    def deterministic(self) -> Network:
+        """The same network without its layers that draw from a key (`Dropout`): what
+        evaluation runs, with the same params. A gradient, a statistic or a curvature of
+        a network with dropout needs a key for its masks; pass ``net=net.deterministic()``
+        to differentiate the network with dropout off, on purpose.
+
+        Examples:
+          >>> net = Network(layers=(fbp.layers.Dropout(0.5), fbp.layers.Dense(2)))
+          >>> net.deterministic().layers
+          (Dense(n=2),)
+        """
+        if not self.has_dropout:
+            return self
+        kept = tuple(s for s in self.layers if not s.random)
+        return dataclasses.replace(self, layers=kept)
+
     def layer_activation(self, l: int, num_layers: int) -> Activation:
         """sigma of layer l (1-based): the output activation for l = L.
 
@@ -181,9 +197,20 @@ class DenseOnlyError(ValueError):
     starts "This function", which the public function's wrapper replaces by its name."""
 
 
-def jit_with_net(fn=None, *, static: tuple[str, ...] = ()):
+class KeyRequiredError(ValueError):
+    """A backward pass through a layer that draws from a key (`Dropout`) given none:
+    without its masks it would silently differentiate the network without dropout. The
+    message starts "This function", as `DenseOnlyError`'s does."""
+
+
+def jit_with_net(fn=None, *, static: tuple[str, ...] = (), half_in_float32: bool = False):
     """`jax.jit` for a public function that takes ``net=``, with ``net`` and ``static``
     as static arguments.
+
+    ``half_in_float32``: params all in float16 (or all in bfloat16) are computed with in
+    float32, with the arguments of theirs that share that dtype (``xs``, ``ys``, a rule's
+    ``feedback``), and the float32 results are cast back: a half-precision forward pass
+    overflows at 65,504 (float16), where a softmax of inf is NaN.
 
     Before JAX sees the call, and in microseconds, it refuses what JAX would report from
     deep inside: an option passed positionally (``grad(params, xs, ys, "relu")``), a
@@ -199,10 +226,11 @@ def jit_with_net(fn=None, *, static: tuple[str, ...] = ()):
       TypeError: width takes 1 positional argument (xs), got 2: pass the others by keyword ...
     """
     if fn is None:
-        return functools.partial(jit_with_net, static=static)
+        return functools.partial(jit_with_net, static=static, half_in_float32=half_in_float32)
     parameters = inspect.signature(fn).parameters.values()
     static_names = tuple(p.name for p in parameters if p.name in ("net", *static))
-    jitted = jax.jit(fn, static_argnames=static_names)
+    traced = upcast_half(fn) if half_in_float32 else fn
+    jitted = jax.jit(traced, static_argnames=static_names)
     kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     positional = [p.name for p in parameters if p.kind in kinds]
     keywords = ", ".join(f"{p.name}=" for p in parameters if p.kind == p.KEYWORD_ONLY)
@@ -234,6 +262,9 @@ def jit_with_net(fn=None, *, static: tuple[str, ...] = ()):
         for i, name in static_positions:
             value = args[i] if i < len(args) else kwargs.get(name)
             _check_hashable(value, name, fn.__name__)
+        if params_position is not None:
+            params = args[params_position] if params_position < len(args) else kwargs.get("params")
+            _check_params_leaves(params, fn.__name__)
         if label_position is not None:
             _check_label_values(args, kwargs, label_position, params_position, net)
 
@@ -242,14 +273,76 @@ def jit_with_net(fn=None, *, static: tuple[str, ...] = ()):
         check_call(args, kwargs)
         try:
             return jitted(*args, **kwargs)
-        except DenseOnlyError as error:  # raised at trace time, by core.check
+        except (DenseOnlyError, KeyRequiredError) as error:  # raised at trace time
             text = str(error).replace("This function", fn.__name__, 1)
-            raise DenseOnlyError(text) from None
+            raise type(error)(text) from None
 
     for attribute in ("lower", "trace", "eval_shape", "_cache_size", "clear_cache"):
         setattr(call, attribute, getattr(jitted, attribute))
     call.check_call = check_call  # `_validation.check_values` runs it first
     return call
+
+
+_HALF = (np.dtype(jnp.float16), np.dtype(jnp.bfloat16))
+_UPCAST = ("params", "xs", "ys", "x", "y", "feedback")  # the arguments cast with params
+
+
+def _half_dtype(params) -> Optional[np.dtype]:
+    """float16 or bfloat16 when every leaf of ``params`` has it, else None (mixed dtypes
+    are left for the checks to refuse)."""
+    dtypes = {np.dtype(getattr(leaf, "dtype", np.float64)) for leaf in jax.tree.leaves(params)}
+    return dtypes.pop() if len(dtypes) == 1 and dtypes <= set(_HALF) else None
+
+
+def upcast_half(fn):
+    """``fn`` computing in float32 on half-precision params (`jit_with_net`)."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        dtype = _half_dtype(bound.arguments.get("params"))
+        if dtype is None:
+            return fn(*args, **kwargs)
+
+        def up(leaf):
+            same = getattr(leaf, "dtype", None) == dtype
+            return jnp.asarray(leaf, jnp.float32) if same else leaf
+
+        for name in _UPCAST:
+            if name in bound.arguments:
+                bound.arguments[name] = jax.tree.map(up, bound.arguments[name])
+        out = fn(*bound.args, **bound.kwargs)
+
+        def down(leaf):
+            same = getattr(leaf, "dtype", None) == jnp.float32
+            return leaf.astype(dtype) if same else leaf
+
+        return jax.tree.map(down, out)
+
+    return run
+
+
+def _check_params_leaves(params, function: str) -> None:
+    """Every leaf of ``params`` an array or a number, before jit sees it: a model of
+    another library (an equinox module holds its activation function as a leaf) gets
+    this message instead of JAX's about an invalid argument."""
+    if all(map(_is_array_like, jax.tree.leaves(params))):  # the path only on failure
+        return
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if not _is_array_like(leaf):
+            where = "params" + jax.tree_util.keystr(path)
+            raise TypeError(
+                f"Expected params of {function} to be a list of Layer(w, b) (init_mlp, "
+                f"layers.init_network) or a learning rule's FeedbackParams, got "
+                f"{type(params).__name__}, whose leaf {where} is {type(leaf).__name__}, not "
+                f"an array; convert a model of another library to a list of Layer(w, b) "
+                f"first"
+            )
+
+
+def _is_array_like(leaf) -> bool:
+    return hasattr(leaf, "dtype") or isinstance(leaf, (int, float, complex, np.number))
 
 
 def _check_label_values(

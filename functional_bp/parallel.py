@@ -113,7 +113,7 @@ class ShardedGradient(core.Gradient):
         _check_divisible(self.mesh, self.axis, xs.shape[0])
 
 
-@jit_with_net(static=("mesh", "axis"))
+@jit_with_net(static=("mesh", "axis"), half_in_float32=True)
 def data_parallel_grad(
     mesh: Mesh,
     params: Params,

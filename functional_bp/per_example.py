@@ -53,6 +53,7 @@ function on 1.86 M uniforms).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import jax
@@ -64,6 +65,7 @@ from functional_bp._validation import (
     check_key,
     check_number,
     check_values,
+    is_traced,
     non_negative,
     optional_key,
     positive,
@@ -106,7 +108,7 @@ class PerExampleNorms(NamedTuple):
 
 
 @check_values(key=optional_key)
-@jit_with_net
+@jit_with_net(half_in_float32=True)
 def per_example_grads(
     params: Params, xs: Array, ys: Array, *, net: Network = Network(), key: Optional[Array] = None
 ):
@@ -164,13 +166,17 @@ def norms_from_record(record: core.Record, *, net: Network = Network()) -> PerEx
             layers.append(Layer(delta_norm * _norm(a_prev), delta_norm))
         else:
             g = kind.per_example_gradient(delta, a_prev)
-            layers.append(Layer(*(_norm(leaf.reshape(leaf.shape[0], -1)) for leaf in g)))
+            layers.append(
+                Layer(
+                    *(_norm(leaf.reshape(leaf.shape[0], math.prod(leaf.shape[1:]))) for leaf in g)
+                )
+            )
     total = _norm(jnp.stack([leaf for layer in layers for leaf in layer], axis=-1))
     return PerExampleNorms(total, layers)
 
 
 @check_values(key=optional_key)
-@jit_with_net
+@jit_with_net(half_in_float32=True)
 def per_example_grad_norms(
     params: Params, xs: Array, ys: Array, *, net: Network = Network(), key: Optional[Array] = None
 ) -> PerExampleNorms:
@@ -213,13 +219,16 @@ def clip_weights(total_norms: Array, clip_norm) -> Array:
     return jnp.minimum(1, clip_norm / safe)
 
 
-def _denominator(batch: int, expected_batch_size, mask):
-    """What the clipped sum is divided by: q N when given, else the real examples."""
-    if expected_batch_size is not None:
-        return expected_batch_size
-    if mask is not None:
-        return jnp.maximum(jnp.sum(mask.astype(jnp.float32)), 1)
-    return batch
+def _denominator(batch: int, expected_batch_size):
+    """What the clipped sum is divided by: q N when given (a mask requires it), else the
+    batch."""
+    return batch if expected_batch_size is None else expected_batch_size
+
+
+def _real(mask: Array) -> Array:
+    """1 where the mask says a real example, 0 elsewhere: only an entry exactly True (or
+    1) counts, so no mask, traced or not, can weight an example above 1."""
+    return (mask == 1).astype(jnp.float32)
 
 
 def _clipped_mean(
@@ -231,8 +240,8 @@ def _clipped_mean(
     record = core.backprop_batch(net, params, xs, ys, key=key)
     weights = clip_weights(norms_from_record(record, net=net).total, clip_norm)
     if mask is not None:
-        weights = weights * mask.astype(weights.dtype)
-    weights = weights / _denominator(xs.shape[0], expected_batch_size, mask)
+        weights = weights * _real(mask).astype(weights.dtype)
+    weights = weights / _denominator(xs.shape[0], expected_batch_size)
     weighted = [
         delta * weights.reshape(-1, *[1] * (delta.ndim - 1)).astype(delta.dtype)
         for delta in record.deltas
@@ -265,7 +274,7 @@ def _noisy_clipped_mean(
     if net.has_dropout:
         key, drop_key = jax.random.split(key)
     grads = _clipped_mean(net, params, xs, ys, clip_norm, expected_batch_size, mask, drop_key)
-    std = noise_multiplier * clip_norm / _denominator(xs.shape[0], expected_batch_size, mask)
+    std = noise_multiplier * clip_norm / _denominator(xs.shape[0], expected_batch_size)
     noise = gaussian_like(key, grads)
     return jax.tree.map(lambda g, z: g + (std * z).astype(g.dtype), grads, noise)
 
@@ -305,10 +314,38 @@ def _check_batch_values(gradient) -> None:
             f"Expected mask to be an array of bool (or 0 and 1) of shape (batch,), got "
             f"{shown} instead"
         )
+    if gradient.expected_batch_size is None:
+        # Dividing by the count of real examples would make the mean's scale, and the
+        # noise's, depend on who was sampled: the accountant assumes q N.
+        raise ValueError(
+            "Expected expected_batch_size (q N, the mean batch of Poisson sampling) with "
+            "a mask, got None: the clipped sum is divided by it, never by the count of "
+            "real examples"
+        )
+    _check_zero_one(mask)
+
+
+def _check_zero_one(mask) -> None:
+    """A concrete mask holds only 0 and 1 (True and False): an entry of 2 would weight an
+    example twice, past the clip norm the privacy guarantee rests on."""
+    if is_traced(mask) or jnp.issubdtype(mask.dtype, jnp.bool_) or np.size(mask) == 0:
+        return
+    try:
+        values = np.asarray(mask)
+    except jax.errors.ConcretizationTypeError:  # a constant inside the caller's jit
+        return
+    bad = ~np.isin(values, (0, 1))
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise ValueError(
+            f"Expected mask to hold only 0 and 1 (or True and False), got {int(bad.sum())} "
+            f"other entries, the first mask[{first}] = {values[first]}: a weight above 1 "
+            f"would break the clip norm's bound on each example's contribution"
+        )
 
 
 @check_values(clip_norm=positive, key=optional_key)
-@jit_with_net
+@jit_with_net(half_in_float32=True)
 def clipped_grad(
     params: Params,
     xs: Array,
@@ -344,7 +381,7 @@ def clipped_grad(
 
 
 @check_values(key=check_key, clip_norm=positive, noise_multiplier=non_negative)
-@jit_with_net
+@jit_with_net(half_in_float32=True)
 def private_grad(
     key: Array,
     params: Params,
@@ -363,7 +400,9 @@ def private_grad(
     \[ g = \frac{1}{B} \left[ \sum_i \min\left(1, \frac{C}{\lVert g_i \rVert}\right) g_i
     + \mathcal{N}(0, \sigma^2 C^2 I) \right]. \]
 
-    Feed it to any optax optimizer, or train with `PrivateGradient`.
+    Feed it to any optax optimizer, or train with `PrivateGradient`. What it guarantees
+    and what voids it: as `PrivateGradient` (this is its fixed-batch form: account for
+    it as Poisson sampling only if the batch was drawn so).
 
     Args:
       key: a `jax.random` key for the noise (and, split from it, the dropout masks of a
@@ -402,9 +441,17 @@ class ClippedGradient(core.Gradient):
     \[ \bar g = \frac{1}{B} \sum_i m_i \min\left(1, \frac{C}{\lVert g_i \rVert}
     \right) g_i, \]
 
-    B the expected batch size when given, else the number of real examples (the batch
-    without a mask). Masked entries must still be finite (pad with real examples, as
+    B the expected batch size when given, else the batch. A mask needs the expected
+    batch size (a mean over the count of real examples would depend on who was sampled)
+    and holds only True/False or 0/1: a concrete mask with any other entry (2, 0.5,
+    NaN) is refused, and a traced one counts an entry as real only where it equals 1.
+    Masked entries must still be finite (pad with real examples, as
     `privacy.poisson_batch` does).
+
+    What it guarantees: every example's contribution to the sum has norm at most
+    ``clip_norm`` (its sensitivity), whatever the mask. What voids it: nothing the class
+    accepts; a network whose per-example gradients depend on other examples would (no
+    layer type of this library couples examples).
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
@@ -450,6 +497,15 @@ class PrivateGradient(core.Gradient):
 
     \[ g = \frac{1}{q N} \left[ \sum_i m_i \min\left(1, \frac{C}{\lVert g_i
     \rVert}\right) g_i + \mathcal{N}(0, \sigma^2 C^2 I) \right]. \]
+
+    What it guarantees: one step is the Gaussian mechanism on a sum of sensitivity C
+    (each example clipped, the mask weighting none above 1), with noise std sigma C
+    before the division. The (epsilon, delta) of `privacy.epsilon` holds for a run of
+    such steps when each batch is a Poisson sample at the rate and for the number of
+    steps given to the accountant (`privacy.poisson_epoch` runs exactly that). What
+    voids it: fixed-size or shuffled batches accounted as Poisson ones, a key reused
+    across steps (the same noise twice), more steps than were accounted, or an expected
+    batch size other than q N.
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])

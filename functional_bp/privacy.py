@@ -22,7 +22,9 @@ delta) into epsilon:
 
 Reported privacy holds for the mechanism as run: Poisson sampling with the sample rate
 and steps given to the accountant. A batch that overflows ``max_batch`` drops examples,
-which only removes contributions (count them with `epoch_overflow`).
+which only removes contributions (count them with `epoch_overflow`); `poisson_epoch`
+refuses a ``max_batch`` below the expected batch q N and warns when a step's batch
+overflows it with probability above `OVERFLOW_PROBABILITY`, with the figure.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from typing import Any, Optional
 
 import jax
@@ -52,6 +55,7 @@ __all__ = [
     "epoch_overflow",
     "epsilon",
     "noise_multiplier",
+    "overflow_probability",
     "poisson_batch",
     "poisson_epoch",
     "steps_per_epoch",
@@ -214,13 +218,21 @@ def noise_multiplier(
     delta = _check_delta(delta)
     accountant = _check_accountant(accountant)
     dp_accounting = _dp_accounting()
-    sigma = dp_accounting.calibrate_dp_mechanism(
-        _make_accountant(dp_accounting, accountant),
-        lambda sigma: _event(dp_accounting, sigma, sample_rate, steps),
-        target,
-        delta,
-        tol=1e-4,
-    )
+    try:
+        sigma = dp_accounting.calibrate_dp_mechanism(
+            _make_accountant(dp_accounting, accountant),
+            lambda sigma: _event(dp_accounting, sigma, sample_rate, steps),
+            target,
+            delta,
+            tol=1e-4,
+        )
+    except dp_accounting.mechanism_calibration.NoBracketIntervalFoundError:
+        raise ValueError(
+            f"Expected a target_epsilon the {accountant!r} accountant can reach, got "
+            f"{target:g}: no noise multiplier up to dp-accounting's search limit gives "
+            f"epsilon <= {target:g} at sample rate {sample_rate:g}, {steps} steps and delta "
+            f"{delta:g}; raise the target, or lower the sample rate or the steps"
+        ) from None
     return float(sigma)
 
 
@@ -371,6 +383,32 @@ def _optional_max_batch(value, name: str) -> None:
         check_int(value, name)
 
 
+def overflow_probability(num_examples: int, sample_rate: float, max_batch: int) -> float:
+    r"""A bound on the probability that a Poisson batch of ``num_examples`` at rate q
+    holds more than ``max_batch`` examples: the Chernoff bound `default_max_batch`
+    uses, 1 where it says nothing (m + 1 <= q N), 0 for m >= N:
+
+    \[ \Pr[|B| > m] \le \exp\big(-N\, \mathrm{KL}\big(\tfrac{m + 1}{N} \,\big\|\, q
+    \big)\big). \]
+
+    Examples:
+      >>> fbp.privacy.overflow_probability(60000, 256 / 60000, 365) <= 1e-9
+      True
+      >>> round(fbp.privacy.overflow_probability(200, 0.5, 110), 3)
+      0.297
+      >>> fbp.privacy.overflow_probability(200, 0.5, 99)
+      1.0
+    """
+    n = check_int(num_examples, "num_examples")
+    q = _check_rate(sample_rate)
+    m = check_int(max_batch, "max_batch")
+    if m >= n:
+        return 0.0
+    if m + 1 <= q * n:
+        return 1.0
+    return math.exp(-n * _kl((m + 1) / n, q))
+
+
 def _resolve(xs, sample_rate, max_batch) -> tuple[int, float, int]:
     n = np.shape(xs)[0] if np.ndim(xs) else 0
     if n == 0:
@@ -378,8 +416,37 @@ def _resolve(xs, sample_rate, max_batch) -> tuple[int, float, int]:
             f"Expected xs to hold at least one example, got shape {np.shape(xs)} instead"
         )
     q = _check_rate(sample_rate)
-    m = default_max_batch(n, q) if max_batch is None else check_int(max_batch, "max_batch")
+    if max_batch is None:
+        return n, q, default_max_batch(n, q)
+    m = check_int(max_batch, "max_batch")
+    _check_max_batch(n, q, m)
     return n, q, m
+
+
+def _check_max_batch(n: int, q: float, m: int) -> None:
+    """A padded size below the expected batch q N drops sampled examples at most steps:
+    refused. One above it that still overflows with probability above
+    `OVERFLOW_PROBABILITY` per step trades dropped examples for speed: allowed, with a
+    warning that gives the figure."""
+    expected = q * n
+    if m < min(n, math.ceil(expected)):
+        raise ValueError(
+            f"Expected max_batch >= the expected batch q N = {expected:g} (sample rate "
+            f"{q:g}, {n} examples), got {m}: most steps would drop sampled examples "
+            f"while the mean still divides by q N; leave max_batch=None for "
+            f"default_max_batch ({default_max_batch(n, q)})"
+        )
+    p = overflow_probability(n, q, m)
+    if p > OVERFLOW_PROBABILITY:
+        steps = steps_per_epoch(q)
+        warnings.warn(
+            f"max_batch={m} at an expected batch of {expected:g}: a step's batch "
+            f"overflows it with probability up to {p:.3g} (Chernoff bound), so up to "
+            f"{min(1.0, p * steps):.3g} per epoch of {steps} steps drops sampled examples "
+            f"(epoch_overflow counts them); default_max_batch gives "
+            f"{default_max_batch(n, q)} (<= {OVERFLOW_PROBABILITY:g} per step)",
+            stacklevel=5,
+        )
 
 
 def epoch_overflow(
@@ -456,6 +523,15 @@ def poisson_epoch(
     `epsilon`: ``epsilon(sigma, sample_rate, epochs * steps_per_epoch(sample_rate),
     delta)``.
 
+    What it guarantees: with a `per_example.PrivateGradient`, each step is a Poisson
+    sample at rate q of ``xs`` (every example independently), clipped to C, with
+    Gaussian noise of std sigma C on the sum, divided by q N: the mechanism `epsilon`
+    accounts for, at ``steps_per_epoch(q)`` steps an epoch. What voids it: accounting
+    other steps or another rate than were run, reusing ``key`` for another epoch (the
+    same batches and noise), or ``xs`` that hold one person's data in several rows
+    (the guarantee is per row). A `ClippedGradient` adds no noise and guarantees
+    nothing.
+
     Args:
       key: a `jax.random` key.
       optimizer: an optax ``GradientTransformation`` (static: make it once).
@@ -468,7 +544,9 @@ def poisson_epoch(
       gradient: a `per_example.PrivateGradient` (DP-SGD) or `ClippedGradient` (no
         noise); its mask and expected batch size are set here.
       max_batch: the padded batch size (static); `default_max_batch(N, q)` when None.
-        Examples above it are dropped (`epoch_overflow` counts them).
+        Examples above it are dropped (`epoch_overflow` counts them); one below the
+        expected batch q N is refused, and one that overflows with probability above
+        `OVERFLOW_PROBABILITY` per step warns with the figure (`overflow_probability`).
       net: the `Network`.
 
     Returns:

@@ -6,8 +6,9 @@ products over the batch; no per-example gradient of shape (batch, n_l, n_{l-1}) 
 built (BackPACK's BatchL2Grad, SumGradSquared, Variance and BatchDotGrad, in JAX). A
 convolution (`functional_bp.layers`) has no such factorisation: its per-example
 gradients, batch x filters x C x kh x kw numbers, are formed for it alone (the dense
-layers of the same network keep the outer products). Functions take no key, so a
-`Dropout` layer is the identity here.
+layers of the same network keep the outer products). Each function takes ``key=`` for
+the masks of a `Dropout` layer, which a network with dropout needs (or pass
+``net=net.deterministic()`` for its statistics without dropout).
 
 Numerics. Every statistic is computed in at least float32: float16 and bfloat16 params,
 xs and ys are cast up first (a square of a float16 gradient underflows below 2.4e-4 and
@@ -20,14 +21,15 @@ your own `jax.jit` or `jax.vmap` it is a tracer and is not checked.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from functional_bp import core
-from functional_bp._validation import check_values, finite_array
+from functional_bp._validation import check_values, finite_array, optional_key
 from functional_bp.layers import is_dense
 from functional_bp.network import Network, jit_with_net
 from functional_bp.params import Layer, Params
@@ -66,12 +68,15 @@ def _grams(result: core.Record, net: Network) -> list[Array]:
         if is_dense(kind):
             grams.append((d @ d.T) * (a @ a.T + 1))
         else:
-            g = [leaf.reshape(leaf.shape[0], -1) for leaf in kind.per_example_gradient(d, a)]
+            g = [
+                leaf.reshape(leaf.shape[0], math.prod(leaf.shape[1:]))
+                for leaf in kind.per_example_gradient(d, a)
+            ]
             grams.append(sum(leaf @ leaf.T for leaf in g))
     return grams
 
 
-@check_values(xs=finite_array, ys=finite_array)
+@check_values(xs=finite_array, ys=finite_array, key=optional_key)
 @jit_with_net
 def sum_grad_squared(
     params: Params,
@@ -79,6 +84,7 @@ def sum_grad_squared(
     ys: Array,
     *,
     net: Network = Network(),
+    key: Optional[Array] = None,
 ) -> list[Layer]:
     r"""sum_i g_i^2, elementwise, in the structure of params (BackPACK's SumGradSquared).
 
@@ -93,6 +99,7 @@ def sum_grad_squared(
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
       net: the `Network`.
+      key: draws the masks of a `functional_bp.layers.Dropout`, if any.
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
@@ -102,10 +109,10 @@ def sum_grad_squared(
     """
     core.check(net, params, xs, ys, layered=True)
     dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
-    return _cast(_squares(core.backprop_batch(net, params, xs, ys), net), dtype)
+    return _cast(_squares(core.backprop_batch(net, params, xs, ys, key=key), net), dtype)
 
 
-@check_values(xs=finite_array, ys=finite_array)
+@check_values(xs=finite_array, ys=finite_array, key=optional_key)
 @jit_with_net
 def grad_variance(
     params: Params,
@@ -113,6 +120,7 @@ def grad_variance(
     ys: Array,
     *,
     net: Network = Network(),
+    key: Optional[Array] = None,
 ) -> list[Layer]:
     r"""(1/N) sum_i (g_i - g_bar)^2, elementwise (BackPACK's Variance), as
     (1/N) sum_i g_i^2 - g_bar^2 from `sum_grad_squared` and the mean gradient g_bar:
@@ -124,6 +132,7 @@ def grad_variance(
       xs: shape (batch, n_in).
       ys: shape (batch, n_out).
       net: the `Network`.
+      key: draws the masks of a `functional_bp.layers.Dropout`, if any.
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
@@ -134,7 +143,7 @@ def grad_variance(
     """
     core.check(net, params, xs, ys, layered=True)
     dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
-    result = core.backprop_batch(net, params, xs, ys)
+    result = core.backprop_batch(net, params, xs, ys, key=key)
     n = xs.shape[0]
     summed = core.summed_gradients(result.deltas, result.cache, net=net)
     squares = _squares(result, net)
@@ -152,7 +161,7 @@ def _bool(value, name: str) -> None:
         )
 
 
-@check_values(xs=finite_array, ys=finite_array, per_layer=_bool)
+@check_values(xs=finite_array, ys=finite_array, per_layer=_bool, key=optional_key)
 @jit_with_net(static=("per_layer",))
 def batch_dot(
     params: Params,
@@ -161,6 +170,7 @@ def batch_dot(
     *,
     per_layer: bool = False,
     net: Network = Network(),
+    key: Optional[Array] = None,
 ) -> Array:
     r"""The (N, N) matrix <g_i, g_j> over all parameters (BackPACK's BatchDotGrad), or
     with ``per_layer=True`` the (L, N, N) Gram matrices <g_i^l, g_j^l> of each layer's
@@ -183,6 +193,7 @@ def batch_dot(
       per_layer: a bool: False (the default) for the (N, N) sum over the layers, True
         for the (L, N, N) stack of the layers' Gram matrices, layer 1 first.
       net: the `Network`.
+      key: draws the masks of a `functional_bp.layers.Dropout`, if any.
 
     Examples:
       >>> params = init_mlp(jax.random.key(0), [3, 4, 2])
@@ -194,7 +205,7 @@ def batch_dot(
     """
     core.check(net, params, xs, ys, layered=True)
     dtype, (params, xs, ys) = core.working_precision(params, xs, ys)
-    grams = _grams(core.backprop_batch(net, params, xs, ys), net)
+    grams = _grams(core.backprop_batch(net, params, xs, ys, key=key), net)
     if per_layer:
         return jnp.stack(grams).astype(dtype)
     return sum(grams).astype(dtype)
@@ -221,7 +232,7 @@ class NoiseScale(NamedTuple):
     grad_norm_sq: Array
 
 
-@check_values(xs=finite_array, ys=finite_array)
+@check_values(xs=finite_array, ys=finite_array, key=optional_key)
 @jit_with_net
 def gradient_noise_scale(
     params: Params,
@@ -229,6 +240,7 @@ def gradient_noise_scale(
     ys: Array,
     *,
     net: Network = Network(),
+    key: Optional[Array] = None,
 ) -> NoiseScale:
     r"""B_simple = tr(Sigma) / |G|^2 of McCandlish et al., "An Empirical Model of
     Large-Batch Training" (2018), from one batch, each part unbiased.
@@ -273,6 +285,7 @@ def gradient_noise_scale(
       xs: shape (batch, n_in), at least two examples.
       ys: shape (batch, n_out).
       net: the `Network`.
+      key: draws the masks of a `functional_bp.layers.Dropout`, if any.
 
     Returns:
       `NoiseScale`: ``b_simple``, ``trace`` and ``grad_norm_sq``, each a scalar.
@@ -291,7 +304,7 @@ def gradient_noise_scale(
             f"Expected at least two examples for a variance, got xs of shape {xs.shape}"
         )
     _, (params, xs, ys) = core.working_precision(params, xs, ys)
-    result = core.backprop_batch(net, params, xs, ys)
+    result = core.backprop_batch(net, params, xs, ys, key=key)
     mean_sq = sum(
         jnp.sum((g / n) ** 2)
         for g in jax.tree.leaves(core.summed_gradients(result.deltas, result.cache, net=net))

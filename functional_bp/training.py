@@ -38,7 +38,7 @@ from functional_bp._validation import (
     positive,
 )
 from functional_bp.core import MeanGradient
-from functional_bp.network import Network, jit_with_net
+from functional_bp.network import Network, jit_with_net, upcast_half
 from functional_bp.params import Layer, Params
 
 Array = jax.Array
@@ -112,9 +112,13 @@ def _check_gradient(gradient, name: str) -> None:
 
 
 def _step(key, optimizer, params, opt_state, xs, ys, gradient, net):
-    """gradient, then the optimizer's update with the extra inputs it declares."""
-    grads = gradient(key, net, params, xs, ys)
-    extra = {name: fn(net, params, xs, ys) for name, fn in _extra_inputs(optimizer, params)}
+    """gradient, then the optimizer's update with the extra inputs it declares. Half-
+    precision params take their direction computed in float32 (`jit_with_net`'s
+    ``half_in_float32``); the update keeps their dtype."""
+    grads = upcast_half(gradient)(key, net, params, xs, ys)
+    # A curvature the optimizer takes is that of the network without dropout, on purpose.
+    inputs = _extra_inputs(optimizer, params)
+    extra = {name: fn(net.deterministic(), params, xs, ys) for name, fn in inputs}
     updates, opt_state = optimizer.update(grads, opt_state, params, **extra)
     return optax.apply_updates(params, updates), opt_state
 

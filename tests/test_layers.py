@@ -39,6 +39,7 @@ from functional_bp.layers import (
     init_network,
     shapes,
 )
+from functional_bp.network import KeyRequiredError
 
 RTOL = 1e-10
 
@@ -285,10 +286,16 @@ def test_dropout_with_key_matches_autodiff_of_loss_with_same_key():
     np.testing.assert_allclose(loss, value, rtol=1e-12)
 
 
-def test_dropout_without_key_is_identity_and_keys_differ():
+def test_dropout_off_only_on_purpose_and_keys_differ():
     params, xs, ys = problem(DROP_NET, (1, 6, 6), 2, batch=4)
-    without = fbp.grad(params, xs, ys, net=DROP_NET)
+    with pytest.raises(KeyRequiredError, match=r"grad needs a key: net.layers\[\d\] is Dropout"):
+        fbp.grad(params, xs, ys, net=DROP_NET)
+    without = fbp.grad(params, xs, ys, net=DROP_NET.deterministic())
     assert_tree_close(without, fbp.grad(params, xs, ys, net=NO_DROP_NET), 1e-13)
+    # Evaluation runs without dropout: the forward pass and the cost take no key.
+    assert_tree_close(
+        fbp.loss(params, xs, ys, net=DROP_NET), fbp.loss(params, xs, ys, net=NO_DROP_NET), 1e-13
+    )
     g1 = fbp.grad(params, xs, ys, net=DROP_NET, key=jax.random.key(1))
     g2 = fbp.grad(params, xs, ys, net=DROP_NET, key=jax.random.key(2))
     assert not np.allclose(g1[0].w, g2[0].w)
@@ -820,8 +827,10 @@ def test_sharded_gradient_with_dropout_draws_from_the_step_key():
     # One shard: its masks are those of the key folded with shard index 0.
     expected = fbp.grad(params, xs, ys, net=net, key=jax.random.fold_in(key, 0))
     assert_tree_close(gradient(key, net, params, xs, ys), expected, RTOL)
-    without = gradient(None, net, params, xs, ys)
-    assert_tree_close(without, fbp.grad(params, xs, ys, net=net), RTOL)
+    with pytest.raises(KeyRequiredError, match=r"net.layers\[\d\] is Dropout\(rate=0.5\)"):
+        gradient(None, net, params, xs, ys)
+    without = gradient(None, net.deterministic(), params, xs, ys)
+    assert_tree_close(without, fbp.grad(params, xs, ys, net=net.deterministic()), RTOL)
 
 
 # --- 12. saving and loading -----------------------------------------------------------

@@ -158,11 +158,11 @@ LAYER_CASES = {
         (CONV_PARAMS, SGD.init(CONV_PARAMS), IMAGES, LABELS),
     ),
     "diag_ggn with layers": (
-        lambda p, x, y: curvature.diag_ggn(p, x, y, net=CONV),
+        lambda p, x, y: curvature.diag_ggn(p, x, y, net=CONV.deterministic()),
         (CONV_PARAMS, IMAGES, LABELS),
     ),
     "feedback_grad with layers": (
-        lambda p, x, y: feedback.feedback_grad(p, None, x, y, rule="sign", net=CONV),
+        lambda p, x, y: feedback.feedback_grad(p, None, x, y, rule="sign", net=CONV, key=KEY),
         (CONV_PARAMS, IMAGES, LABELS),
     ),
 }

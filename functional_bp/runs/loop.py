@@ -139,7 +139,13 @@ def _tracked(config: Config, state, xs, ys, many: bool) -> dict:
         )
         out.update(update_angles=angles.update, feedback_angles=angles.feedback)
     if "noise-scale" in config.track:
-        noise = _lift(statistics.gradient_noise_scale, ["params"], many)(params, xs, ys, net=net)
+        noise = _lift(statistics.gradient_noise_scale, ["params"], many)(
+            params,
+            xs,
+            ys,
+            net=net,
+            key=jax.random.key(0),  # one draw of any dropout masks
+        )
         out.update(
             noise_scale=noise.b_simple,
             noise_trace=noise.trace,

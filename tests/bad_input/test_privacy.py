@@ -218,6 +218,6 @@ def test_expected_batch_size(cls, value):
 @pytest.mark.parametrize("cls", [ClippedGradient, PrivateGradient])
 def test_mask(cls, mask, error, match):
     args = (1.0,) if cls is ClippedGradient else (1.0, 1.0)
-    gradient = cls(*args, mask=mask)
+    gradient = cls(*args, expected_batch_size=5.0, mask=mask)
     with pytest.raises(error, match=match):
         fbp.training.train_step(KEY, SGD, PARAMS, SGD.init(PARAMS), XS, YS, gradient=gradient)
