@@ -152,6 +152,12 @@ def epsilon(
     ``dp_accounting.pld.PLDAccountant`` (tighter). Needs ``dp-accounting``
     (``pip install "functional_bp[privacy]"``).
 
+    What it guarantees: (epsilon, delta)-DP per row of the training set for a run of
+    exactly this mechanism (`poisson_epoch` with a `per_example.PrivateGradient` of this
+    sigma, at this rate, for this many steps); an upper bound with "rdp". What voids it:
+    a run that differs from what is accounted (fixed-size or shuffled batches, another
+    rate, more steps, a reused key).
+
     Args:
       noise_multiplier: sigma, the noise std over the clip norm; finite and > 0.
       sample_rate: q, each example's probability to join a batch; in (0, 1].
@@ -206,6 +212,10 @@ def noise_multiplier(
 
     Returns:
       sigma, a float.
+
+    Raises (before any training):
+      ValueError: a value out of its range, named; a ``target_epsilon`` that no sigma
+        up to dp-accounting's search limit reaches (the rate, steps and delta named).
 
     Examples:
       >>> sigma = fbp.privacy.noise_multiplier(3.0, 256 / 60000, 14062, 1e-5)
