@@ -449,3 +449,10 @@ def test_a_model_of_another_library_gets_the_librarys_message(call):
         match=r"params of \w+ to be a list of Layer.*_ModuleLike, whose leaf params.activation",
     ):
         call(module)
+
+
+@pytest.mark.parametrize("where", ["activation", "output_activation"], ids=["hidden", "output"])
+def test_an_activation_without_a_derivative_is_refused_when_the_network_is_built(where):
+    bare = fbp.Activation(jnp.sin, name="sin")  # neither derivative nor vjp
+    with pytest.raises(TypeError, match="Activation 'sin' to have a callable derivative"):
+        fbp.Network(**{where: bare})
