@@ -64,7 +64,7 @@ def test_fit_data_shapes(xs, ys, match):
         (dict(batch_size=-1), ValueError, "batch_size"),
         (dict(net=fbp.Network("tanh", "sigmoid", "cross_entropy")), ValueError, "net"),
         (dict(net=fbp.Network("tanh", "softmax", "quadratic")), ValueError, "net"),
-        (dict(net=None), TypeError, "net"),
+        (dict(net="relu"), TypeError, "net"),
     ],
     ids=repr,
 )
