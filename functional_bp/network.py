@@ -327,6 +327,10 @@ def _check_params_leaves(params, function: str) -> None:
     """Every leaf of ``params`` an array or a number, before jit sees it: a model of
     another library (an equinox module holds its activation function as a leaf) gets
     this message instead of JAX's about an invalid argument."""
+    if isinstance(params, (list, tuple)) and all(
+        isinstance(layer, tuple) and all(map(_is_array_like, layer)) for layer in params
+    ):
+        return  # a list of Layer: the common case, without a tree walk
     if all(map(_is_array_like, jax.tree.leaves(params))):  # the path only on failure
         return
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
@@ -341,8 +345,17 @@ def _check_params_leaves(params, function: str) -> None:
             )
 
 
+_ARRAY_TYPES: set[type] = set()  # types seen to be arrays: one set lookup per leaf
+
+
 def _is_array_like(leaf) -> bool:
-    return hasattr(leaf, "dtype") or isinstance(leaf, (int, float, complex, np.number))
+    kind = type(leaf)
+    if kind in _ARRAY_TYPES:
+        return True
+    found = hasattr(leaf, "dtype") or isinstance(leaf, (int, float, complex, np.number))
+    if found:
+        _ARRAY_TYPES.add(kind)
+    return found
 
 
 def _check_label_values(
