@@ -23,6 +23,8 @@ equations it is built from, the gradient check, and network.py's `sgd_step` and
 - `functional_bp.activations`, `functional_bp.costs`: the built-in sigma and C.
 """
 
+# First: the command line handles Ctrl-C and SIGTERM from here on, before JAX imports.
+import functional_bp.cli.early as _early
 from functional_bp import (
     activations,
     core,

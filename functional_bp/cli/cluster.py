@@ -7,11 +7,12 @@ from C++ (``LOG(FATAL)``, SIGABRT and a stack trace) instead of raising; Ctrl-C 
 not reach Python while it waits. So `start` runs it in a worker thread and waits itself:
 after ``--init-timeout`` seconds it prints one ``error:`` line and ends the process with
 exit status 1 (`os._exit`: the C++ side is still waiting, and a normal exit would run
-JAX's own shutdown of it); Ctrl-C ends it with 130. JAX's own deadline is set past ours,
-so its abort never comes first. Process 0 first checks that it can listen on the port
-(JAX, refused it, raises or now and then crashes with SIGSEGV). Any exception
-`jax.distributed.initialize` raises becomes `StartFailed` (exit 1); what is refused before
-anything starts is a `ValueError` (exit 2).
+JAX's own shutdown of it); Ctrl-C ends it with 130, SIGTERM with 143 (`interrupts`).
+JAX's own deadline is set past ours, so its abort never comes first. Process 0 first
+checks that it can listen on the port (JAX, refused it, raises or now and then crashes
+with SIGSEGV). Any exception `jax.distributed.initialize` raises becomes `StartFailed`
+(exit 1); what is refused before anything starts is a `ValueError` (exit 2), and so is,
+before `start` (`functional_bp.cli.main`), what several processes cannot train.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Optional
 
 import jax
 
-from functional_bp.cli import common
+from functional_bp.cli import common, interrupts
 
 __all__ = [
     "DEFAULT_INIT_TIMEOUT",
@@ -35,6 +36,7 @@ __all__ = [
     "add_arguments",
     "check",
     "coordinator",
+    "processes",
     "requested",
     "start",
 ]
@@ -123,6 +125,12 @@ def requested(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "distributed", False)) or any(
         getattr(args, name, None) is not None for name in _OPTIONS
     )
+
+
+def processes(args: argparse.Namespace) -> Optional[int]:
+    """How many processes ``args`` start: --num-processes; None where the cluster tells
+    (--distributed without it)."""
+    return getattr(args, "num_processes", None)
 
 
 def check(args: argparse.Namespace) -> None:
@@ -252,7 +260,8 @@ def start(args: argparse.Namespace) -> None:
 
     Raises `ValueError` for what is refused (exit 2), `StartFailed` if initialize
     raised (exit 1). On timeout prints ``error: ...`` and ends the process with status
-    1; on Ctrl-C prints ``interrupted`` and ends it with 130.
+    1; on Ctrl-C prints ``interrupted`` and ends it with 130 (SIGTERM: ``interrupted by
+    SIGTERM``, 143).
     """
     check(args)
     timeout = DEFAULT_INIT_TIMEOUT if args.init_timeout is None else args.init_timeout
@@ -277,8 +286,8 @@ def start(args: argparse.Namespace) -> None:
     try:
         worker.start()
         worker.join(timeout)  # the main thread waits, so that Ctrl-C reaches it
-    except KeyboardInterrupt:
-        _exit(130, "interrupted")
+    except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM
+        _exit(interrupts.status(error), interrupts.reason(error))
     if worker.is_alive():
         _exit(1, f"error: {_expired(args, timeout)}")
     if raised:

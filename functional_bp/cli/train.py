@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from functional_bp import plots, runs
-from functional_bp.cli import common
+from functional_bp.cli import common, interrupts
 
 DESCRIPTION = """Train on digits or MNIST with the hand-written gradients (functional_bp.runs).
 Several --seeds or --learning-rate values train every (seed, learning rate) in one
@@ -25,7 +25,9 @@ with DP-SGD: Poisson sampling at q = --batch-size / n (the expected batch), each
 example's gradient clipped to --clip, Gaussian noise of std sigma * clip, sigma given
 (--noise-multiplier) or picked for the whole run (--target-epsilon); the epsilon spent is
 printed and recorded after every epoch. Ctrl-C writes the history of the finished epochs
-(none finished: an earlier --json stays; --save is not written) and exits 130."""
+(none finished: an earlier --json stays; --save is not written) and exits 130; SIGTERM
+(a scheduler's time limit) does the same and exits 143. With several processes, what
+they cannot train is refused before any of them starts."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -208,7 +210,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", default=None, help="write the per-epoch history as JSON")
     parser.add_argument("--float64", action="store_true", help="train in float64, as network.py")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, before_start=before_start)
 
 
 _DEFAULT = runs.Config()
@@ -297,18 +299,38 @@ class Outputs(NamedTuple):
     save: Optional[str] = None
 
 
-def run(args: argparse.Namespace) -> int:
-    """Checks everything, loads the data, trains, reports and writes."""
+def _checked(args: argparse.Namespace, processes: Optional[int] = None) -> runs.Config:
+    """The config of ``args``, refused (`ValueError` naming the option) if it cannot
+    train; ``processes``: `runs.check`'s, before several processes start."""
     common.use_float64(args.float64)
     config = config_from(args)
-    outputs = Outputs(args.json, args.plot, args.save)
     common.refuse_ignored(args, IGNORED_UNLESS)
-    runs.check(config, common.given(args, CONFIG_OPTIONS))
+    runs.check(config, common.given(args, CONFIG_OPTIONS), processes=processes)
     if args.save is not None and config.layers is not None and config.rule != "bp":
         raise ValueError(
             f"--save stores a rule's feedback matrices with the params of dense layers only: "
             f"not with --layers and --rule {config.rule}"
         )
+    return config
+
+
+def before_start(args: argparse.Namespace) -> None:
+    """Before several processes start (`functional_bp.cli.main`, before `cluster.start`):
+    refuses what they cannot train (--layers, --dp, another --optimizer or --rule,
+    several runs) and every other option `run` would refuse, so that a process started
+    alone says so at once instead of after the others have connected. What needs the
+    started devices (memory, a batch that divides across them) waits for `run`."""
+    from functional_bp.cli import cluster
+
+    processes = cluster.processes(args)
+    if processes is not None:  # --distributed alone: the cluster tells how many, later
+        _checked(args, processes)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Checks everything, loads the data, trains, reports and writes."""
+    config = _checked(args)
+    outputs = Outputs(args.json, args.plot, args.save)
     if config.dp:  # the accountant (dp-accounting) and sigma before any data is loaded
         runs.privacy_setting(config)
         for warning in runs.privacy_warnings(config):
@@ -325,7 +347,7 @@ def train(
     config: runs.Config, data: runs.Data, outputs: Outputs, *, no_progress: bool = False
 ) -> tuple[int, Optional[dict]]:
     """Trains with a progress bar, prints the summary, writes the outputs; returns the
-    exit status and the record (None if interrupted)."""
+    exit status and the record (None if interrupted: 130 by Ctrl-C, 143 by SIGTERM)."""
     many = len(config.runs) > 1
     if jax.process_count() > 1:
         print(f"data-parallel over {jax.process_count()} processes, {jax.device_count()} devices")
@@ -348,8 +370,11 @@ def train(
         if done:
             written = _write(config, stop.result, outputs._replace(save=None), announce=False)
         where = f"; history written to {', '.join(written)}" if written else ""
-        print(f"interrupted after {done} of {config.epochs} epochs{where}", file=sys.stderr)
-        return 130, None
+        print(
+            f"{interrupts.reason(stop)} after {done} of {config.epochs} epochs{where}",
+            file=sys.stderr,
+        )
+        return interrupts.status(stop), None
     bar.close()
     record = result.record
     if many:

@@ -398,7 +398,7 @@ def _ignored(config: Config, given: Optional[Mapping[str, str]]) -> None:
             _require(used(config), f"{name} would be ignored: {why(config)}")
 
 
-def _layered(config: Config, net: Network) -> None:
+def _layered(config: Config, net: Network, processes: int) -> None:
     """What a network of layer types cannot train with, and shapes that do not fit."""
     from functional_bp import layers as kinds
 
@@ -415,9 +415,9 @@ def _layered(config: Config, net: Network) -> None:
         "not with dropout (use fa, kp, sign, usf, frsf or brsf)",
     )
     _require(
-        jax.process_count() == 1,
-        "several processes train dense layers only (parallel.data_parallel_epoch): with "
-        "layers train in one process",
+        processes == 1,
+        "several processes train dense layers only (parallel.data_parallel_epoch), not "
+        "layers (--layers): train them in one process",
     )
 
 
@@ -495,7 +495,9 @@ def _memory(config: Config) -> None:
     )
 
 
-def check(config: Config, given: Optional[Mapping[str, str]] = None) -> None:
+def check(
+    config: Config, given: Optional[Mapping[str, str]] = None, *, processes: Optional[int] = None
+) -> None:
     """Refuses, with the reason, a config that cannot train, before any data is loaded.
 
     Args:
@@ -504,6 +506,12 @@ def check(config: Config, given: Optional[Mapping[str, str]] = None) -> None:
         line's option); None: the fields that differ from their default, except
         track_examples (a base config may set it for the runs that track). Each that
         `MEANINGFUL` says this config would ignore is refused.
+      processes: the number of processes that will train it, for the check before they
+        start (`jax.distributed.initialize` not called yet, so that a process started
+        alone hears at once what several cannot train): what needs their devices (the
+        memory estimate, a batch that divides across them) is left to the check after
+        the start, which touches no device before. None: `jax.process_count()`, the
+        processes that have started.
 
     Raises:
       ValueError: unknown names, out-of-range numbers, sizes that do not fit the data
@@ -519,9 +527,16 @@ def check(config: Config, given: Optional[Mapping[str, str]] = None) -> None:
     for name in config.track:
         _one_of(name, "track", TRACKS)
     _numbers(config)
+    before_start = processes is not None
+    if not before_start:
+        processes = jax.process_count()
+    _require(
+        isinstance(processes, int) and processes >= 1,
+        f"Expected processes >= 1, got {processes!r}",
+    )
     net = config.net  # builds the Network: an incompatible cost or layer raises here
     if config.layers is not None:
-        _layered(config, net)
+        _layered(config, net, processes)
     else:
         sizes, n_in = config.layer_sizes, DATASETS[config.dataset]
         _require(
@@ -558,9 +573,12 @@ def check(config: Config, given: Optional[Mapping[str, str]] = None) -> None:
     _ignored(config, given)
     if config.dp:
         _private(config)
-    _memory(config)
-    if jax.process_count() > 1:
+    if processes > 1:
         _processes(config)
+    if not before_start:  # the devices (their memory and number): once started
+        _memory(config)
+        if processes > 1:
+            _divisible(config)
 
 
 def _finite_positive(value, name: str, option: str) -> None:
@@ -692,11 +710,7 @@ def privacy_setting(config: Config, num_examples: Optional[int] = None) -> Priva
     if config.noise_multiplier is not None:
         sigma = float(config.noise_multiplier)
     else:
-        sigma = float(
-            privacy.noise_multiplier(
-                config.target_epsilon, q, steps, config.delta, accountant=config.accountant
-            )
-        )
+        sigma = _calibrated(config, q, n, steps_per_epoch)
     epsilon = privacy.epsilon(sigma, q, steps, config.delta, accountant=config.accountant)
     return Privacy(
         clip=float(config.clip),
@@ -710,8 +724,43 @@ def privacy_setting(config: Config, num_examples: Optional[int] = None) -> Priva
     )
 
 
+def _calibrated(config: Config, q: float, n: int, steps_per_epoch: int) -> float:
+    """`privacy.noise_multiplier` for target_epsilon over the whole run; a target no
+    sigma reaches is a `ValueError` naming target_epsilon (--target-epsilon) and what it
+    was asked at: the sample rate, the steps and delta (dp-accounting's own
+    ``NoBracketIntervalFoundError`` too, should it come through)."""
+    from functional_bp import privacy
+
+    steps = config.epochs * steps_per_epoch
+    try:
+        import dp_accounting
+
+        unreachable: tuple = (dp_accounting.mechanism_calibration.NoBracketIntervalFoundError,)
+    except (ImportError, AttributeError):  # privacy.noise_multiplier names the extra
+        unreachable = ()
+    try:
+        return float(
+            privacy.noise_multiplier(
+                config.target_epsilon, q, steps, config.delta, accountant=config.accountant
+            )
+        )
+    except (ValueError, *unreachable) as error:
+        if isinstance(error, ValueError) and "reach" not in str(error):
+            raise  # a value out of its range, named (`check` refuses those first)
+        raise ValueError(
+            f"target_epsilon (--target-epsilon) {config.target_epsilon:g} cannot be reached: "
+            f"the {config.accountant} accountant finds no noise multiplier (up to "
+            f"dp-accounting's search limit) that spends at most epsilon "
+            f"{config.target_epsilon:g} at sample rate q = {q:.4g} (--batch-size "
+            f"{config.batch_size} of {n} examples), {steps} steps (--epochs {config.epochs} "
+            f"x {steps_per_epoch} per epoch) and delta {config.delta:g} (--delta); give a "
+            "larger --target-epsilon, fewer --epochs or a smaller --batch-size"
+        ) from error
+
+
 def _processes(config: Config) -> None:
-    """Several processes (jax.distributed) train one run of data-parallel SGD."""
+    """Several processes (jax.distributed) train one run of data-parallel SGD, of dense
+    layers (`_layered`), not dp."""
     _require(
         not config.dp,
         "several processes cannot train dp (--dp): each Poisson-sampled step is one "
@@ -720,13 +769,17 @@ def _processes(config: Config) -> None:
     _require(
         config.optimizer == "sgd" and config.rule == "bp",
         f"several processes train with optimizer sgd and rule bp only (data-parallel SGD), "
-        f"not optimizer {config.optimizer} with rule {config.rule}",
+        f"not optimizer {config.optimizer} with rule {config.rule} (--optimizer, --rule)",
     )
     _require(
         len(config.runs) == 1,
         f"several processes train one run, not {len(config.runs)}: give one seed and one "
-        "learning rate",
+        "learning rate (--seeds, --learning-rate)",
     )
+
+
+def _divisible(config: Config) -> None:
+    """Several processes, started: the mini-batch divides across their devices."""
     devices = jax.device_count()
     _require(
         config.batch_size % devices == 0,

@@ -119,6 +119,45 @@ def test_a_weak_delta_is_a_warning_and_the_run_goes_on(capsys, no_data, in_tmp, 
     assert status == 130 and "warning" not in err
 
 
+# A target no noise multiplier reaches: q = 1 (the whole set every step), 10**7 steps,
+# delta 1e-10.
+UNREACHABLE = [*DP, "--target-epsilon", "1e-9", "--batch-size", "1438", "--epochs", "10000000"]
+UNREACHABLE += ["--delta", "1e-10"]
+
+
+def test_an_unattainable_target_epsilon_is_one_error_line(capsys, no_data, in_tmp):
+    """Before any data is loaded or anything trained: the target, and what it cannot be
+    reached at (the sample rate, the steps, delta), not dp-accounting's traceback."""
+    status, err = run(["train", *UNREACHABLE, "--no-progress", "--json", "h.json"], capsys)
+    assert_refused(status, err, "--target-epsilon")
+    line = err.strip().splitlines()[-1]
+    assert "target_epsilon (--target-epsilon) 1e-09 cannot be reached" in line, line
+    for what in ("sample rate q = 1", "10000000 steps", "delta 1e-10", "--epochs", "--batch-size"):
+        assert what in line, line
+    assert "NoBracketIntervalFoundError" not in err
+    assert not (in_tmp / "h.json").exists()
+
+
+def test_dp_accountings_own_error_for_a_target_is_one_error_line_too(
+    capsys, no_data, in_tmp, monkeypatch
+):
+    """Should ``privacy.noise_multiplier`` let dp-accounting's exception through."""
+    import dp_accounting
+
+    from functional_bp import privacy
+
+    def unreachable(*args, **kwargs):
+        raise dp_accounting.mechanism_calibration.NoBracketIntervalFoundError("no bracket")
+
+    monkeypatch.setattr(privacy, "noise_multiplier", unreachable)
+    runs.privacy_setting.cache_clear()
+    argv = ["train", *DP, "--target-epsilon", "0.5", "--epochs", "3", "--no-progress"]
+    status, err = run(argv, capsys)
+    runs.privacy_setting.cache_clear()
+    assert_refused(status, err, "--target-epsilon")
+    assert "cannot be reached" in err and "NoBracketIntervalFoundError" not in err
+
+
 def test_several_processes_are_refused(monkeypatch):
     """One process trains a private run (`runs.check` under jax.distributed)."""
     monkeypatch.setattr(jax, "process_count", lambda: 2)

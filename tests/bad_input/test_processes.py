@@ -12,9 +12,10 @@ import time
 
 import jax
 import pytest
+from cli.helpers import assert_refused
 from conftest import interruptible_module
 
-from functional_bp import data
+from functional_bp import data, runs
 from functional_bp.cli import cluster, main
 
 CLUSTER = ["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "1"]
@@ -123,6 +124,55 @@ def test_combinations_refused_before_start(argv, message, capsys, no_start):
     err = capsys.readouterr().err
     assert err.splitlines()[-1].startswith("error: ") and message in err
     assert "Traceback" not in err
+
+
+# What several processes cannot train, refused before any starts (exit 2, the option
+# named): a process started alone hears it at once, not after --init-timeout.
+BEFORE_START_CASES = [
+    (["--layers", "conv2x3,dense10"], "--layers"),
+    (["--layers", "dense20"], "--layers"),
+    (["--dp", "--clip", "1", "--noise-multiplier", "1.1"], "--dp"),
+    (["--dp", "--clip", "1", "--target-epsilon", "2"], "--dp"),
+    (["--optimizer", "adam"], "--optimizer"),
+    (["--rule", "fa"], "--rule"),
+    (["--seeds", "0-1"], "--seeds"),
+    (["--eta", "1,2"], "--learning-rate"),
+    (["--clip", "1"], "--clip"),  # refused in one process too: before the start as well
+]
+
+
+@pytest.mark.parametrize("process_id", ["0", "1"])
+@pytest.mark.parametrize(
+    "argv,option", BEFORE_START_CASES, ids=[" ".join(c[0]) for c in BEFORE_START_CASES]
+)
+def test_what_several_processes_cannot_train_is_refused_before_any_starts(
+    argv, option, process_id, capsys, no_start, tmp_path
+):
+    address = f"127.0.0.1:{_free_port()}"
+    json_path = tmp_path / "h.json"
+    status = _status(
+        [*_with(coordinator=address, process_id=process_id), *argv, "--json", str(json_path)]
+    )
+    err = capsys.readouterr().err
+    assert_refused(status, err, option)
+    assert "waiting for" not in err and "connecting" not in err  # nothing started
+    assert not json_path.exists()
+
+
+def test_distributed_with_a_number_of_processes_is_refused_before_the_start(capsys, no_start):
+    status = _status(["--distributed", "--num-processes", "2", "--layers", "conv2x3"])
+    assert_refused(status, capsys.readouterr().err, "--layers")
+
+
+def test_one_process_of_one_may_train_what_several_cannot(capsys, monkeypatch):
+    """--num-processes 1: nothing several processes need is asked (the start goes on)."""
+    started = []
+    monkeypatch.setattr(cluster, "start", lambda args: started.append(args))
+    monkeypatch.setattr(runs, "load", lambda config: (_ for _ in ()).throw(KeyboardInterrupt))
+    argv = ["--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "1"]
+    argv += ["--process-id", "0", "--layers", "conv2x3", "--epochs", "1"]
+    assert _status(argv) == 130 and len(started) == 1
+    assert "error" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -360,3 +410,48 @@ def test_ctrl_c_while_waiting(tmp_path):
     assert status == 130, err[-2000:]
     assert time.monotonic() - start < 10
     assert err.strip().splitlines()[-1] == "interrupted"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "argv,option",
+    [(["--layers", "conv2x3,dense10"], "--layers"), (["--dp", "--clip", "1"], "--dp")],
+)
+def test_a_process_started_alone_hears_at_once_what_several_cannot_train(argv, option, tmp_path):
+    """Process 1 of 2, its peer never started: --layers or --dp is refused before it
+    connects (exit 2), not after the whole --init-timeout."""
+    if option == "--dp":
+        argv = [*argv, "--noise-multiplier", "1.1"]
+    start = time.monotonic()
+    process = _train(
+        "--coordinator", f"127.0.0.1:{_free_port()}", "--num-processes", "2",
+        "--process-id", "1", "--init-timeout", "120", *argv, cwd=tmp_path,
+    )  # fmt: skip
+    status, _, err = _finish(process)
+    assert status == 2, err[-2000:]
+    assert time.monotonic() - start < 60
+    _assert_one_error_line(err, "error: several processes")
+    assert option in err.splitlines()[-1] and "connecting" not in err
+
+
+@pytest.mark.slow
+def test_sigterm_while_waiting(tmp_path):
+    """SIGTERM (a scheduler's time limit) reaches the waiting process too: exit 143."""
+    port = _free_port()
+    process = _train(
+        "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", "0",
+        "--init-timeout", "60", cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        first = process.stderr.readline()
+        assert first.startswith("waiting for 2 processes"), first
+        time.sleep(0.5)  # into the wait
+        start = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        status, _, err = _finish(process, timeout=30)
+    finally:
+        process.kill()
+        process.communicate()
+    assert status == 143, err[-2000:]
+    assert time.monotonic() - start < 10
+    assert err.strip().splitlines()[-1] == "interrupted by SIGTERM"
