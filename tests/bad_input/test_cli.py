@@ -418,20 +418,21 @@ def test_ctrl_c_while_the_history_is_written_leaves_the_earlier_file(capsys, in_
 
 
 @pytest.mark.slow
-def test_sigint_to_the_process_after_the_first_epoch(tmp_path):
-    """A real Ctrl-C (SIGINT) once the first epoch's line is on stdout."""
+@pytest.mark.parametrize(
+    "signum,reason",
+    [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "interrupted by SIGTERM")],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_a_signal_to_the_process_after_the_first_epoch(tmp_path, signum, reason):
+    """A real Ctrl-C (SIGINT), or SIGTERM (what a scheduler sends at its time limit),
+    once the first epoch's line is on stdout: exit status 128 + the signal."""
     save, history = tmp_path / "p.npz", tmp_path / "h.json"
     save.write_bytes(b"earlier params")
     argv = [*interruptible_module("functional_bp"), "train", "--sizes", "64,8,10"]
     argv += ["--epochs", "100000", "--no-progress", "--save", str(save), "--json", str(history)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
     )
     try:
         deadline = time.monotonic() + 120
@@ -439,18 +440,18 @@ def test_sigint_to_the_process_after_the_first_epoch(tmp_path):
             if line.startswith("Epoch 0:") or time.monotonic() > deadline:
                 break
         assert line.startswith("Epoch 0:"), line
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         _, err = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
-    assert process.returncode == 130, err
+    assert process.returncode == 128 + signum, err
     lines = [line for line in err.splitlines() if not line.startswith("WARNING")]
-    assert len(lines) == 1 and lines[0].startswith("interrupted after "), err
+    assert len(lines) == 1 and lines[0].startswith(f"{reason} after "), err
     assert "Traceback" not in err
     record = json.loads(history.read_text(), parse_constant=pytest.fail)
-    done = int(lines[0].split()[2])
+    done = int(lines[0][len(reason) :].split()[1])
     assert done >= 1 and [row["epoch"] for row in record["history"]] == list(range(1, done + 1))
     assert save.read_bytes() == b"earlier params"
     assert _temporaries(tmp_path) == []
@@ -523,41 +524,6 @@ def test_sigterm_while_the_params_are_written_leaves_the_earlier_ones(capsys, in
     assert save.read_bytes() == b"earlier params"
     assert len(json.loads((in_tmp / "h.json").read_text())["history"]) == 2
     assert _temporaries(in_tmp) == []
-
-
-@pytest.mark.slow
-def test_sigterm_to_the_process_after_the_first_epoch(tmp_path):
-    """A real SIGTERM (what a scheduler sends at its time limit) to ``python -m
-    functional_bp``: as Ctrl-C, with exit status 143."""
-    save, history = tmp_path / "p.npz", tmp_path / "h.json"
-    save.write_bytes(b"earlier params")
-    argv = [sys.executable, "-m", "functional_bp", "train", "--sizes", "64,8,10"]
-    argv += ["--epochs", "100000", "--no-progress", "--save", str(save), "--json", str(history)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
-    )
-    try:
-        deadline = time.monotonic() + 120
-        for line in process.stdout:
-            if line.startswith("Epoch 0:") or time.monotonic() > deadline:
-                break
-        assert line.startswith("Epoch 0:"), line
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 143, err
-    lines = [line for line in err.splitlines() if not line.startswith("WARNING")]
-    assert len(lines) == 1 and lines[0].startswith("interrupted by SIGTERM after "), err
-    assert "Traceback" not in err
-    record = json.loads(history.read_text(), parse_constant=pytest.fail)
-    done = int(lines[0].split()[4])
-    assert done >= 1 and [row["epoch"] for row in record["history"]] == list(range(1, done + 1))
-    assert save.read_bytes() == b"earlier params"
-    assert _temporaries(tmp_path) == []
 
 
 # What ``functional_bp/__init__.py`` does first once it imports functional_bp.cli.early:
