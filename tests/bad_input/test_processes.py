@@ -390,8 +390,14 @@ def test_distributed_without_a_cluster_environment(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_while_waiting(tmp_path):
-    """Ctrl-C reaches the waiting process (JAX's wait alone ignores it): exit 130."""
+@pytest.mark.parametrize(
+    "signum,reason",
+    [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "interrupted by SIGTERM")],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_a_signal_while_waiting(tmp_path, signum, reason):
+    """Ctrl-C, or SIGTERM (a scheduler's time limit), reaches the waiting process (JAX's
+    wait alone ignores it): exit 128 + the signal."""
     port = _free_port()
     process = _train(
         "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", "0",
@@ -402,14 +408,14 @@ def test_ctrl_c_while_waiting(tmp_path):
         assert first.startswith("waiting for 2 processes"), first
         time.sleep(0.5)  # into the wait
         start = time.monotonic()
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         status, _, err = _finish(process, timeout=30)
     finally:
         process.kill()
         process.communicate()
-    assert status == 130, err[-2000:]
+    assert status == 128 + signum, err[-2000:]
     assert time.monotonic() - start < 10
-    assert err.strip().splitlines()[-1] == "interrupted"
+    assert err.strip().splitlines()[-1] == reason
 
 
 @pytest.mark.slow
@@ -432,26 +438,3 @@ def test_a_process_started_alone_hears_at_once_what_several_cannot_train(argv, o
     assert time.monotonic() - start < 60
     _assert_one_error_line(err, "error: several processes")
     assert option in err.splitlines()[-1] and "connecting" not in err
-
-
-@pytest.mark.slow
-def test_sigterm_while_waiting(tmp_path):
-    """SIGTERM (a scheduler's time limit) reaches the waiting process too: exit 143."""
-    port = _free_port()
-    process = _train(
-        "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", "0",
-        "--init-timeout", "60", cwd=tmp_path,
-    )  # fmt: skip
-    try:
-        first = process.stderr.readline()
-        assert first.startswith("waiting for 2 processes"), first
-        time.sleep(0.5)  # into the wait
-        start = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        status, _, err = _finish(process, timeout=30)
-    finally:
-        process.kill()
-        process.communicate()
-    assert status == 143, err[-2000:]
-    assert time.monotonic() - start < 10
-    assert err.strip().splitlines()[-1] == "interrupted by SIGTERM"
