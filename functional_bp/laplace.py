@@ -49,7 +49,7 @@ import numpy as np
 
 from functional_bp import core, curvature, gradients
 from functional_bp._validation import check_int, check_key, check_number
-from functional_bp.network import Network
+from functional_bp.network import Network, check_network
 from functional_bp.params import Layer, Params
 
 Array = jax.Array
@@ -607,8 +607,7 @@ def _network_of(posterior: Posterior, net: Any, name: str) -> Network:
                 f"pass net="
             )
         return posterior.net
-    if not isinstance(net, Network):
-        raise TypeError(f"Expected net to be a Network, got {type(net).__name__} instead")
+    check_network(net)
     if posterior.net is not None and net != posterior.net:
         raise ValueError(
             f"{name}: expected the network the posterior was fitted with, {posterior.net!r}, "
