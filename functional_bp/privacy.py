@@ -50,6 +50,7 @@ Array = jax.Array
 __all__ = [
     "ACCOUNTANTS",
     "OVERFLOW_PROBABILITY",
+    "UnreachableTarget",
     "batch_overflow",
     "default_max_batch",
     "epoch_overflow",
@@ -188,6 +189,11 @@ def epsilon(
     return float(ledger.get_epsilon(delta))
 
 
+class UnreachableTarget(ValueError):
+    """A ``target_epsilon`` that no noise multiplier up to dp-accounting's search limit
+    reaches (`noise_multiplier`)."""
+
+
 def noise_multiplier(
     target_epsilon: float,
     sample_rate: float,
@@ -214,8 +220,9 @@ def noise_multiplier(
       sigma, a float.
 
     Raises (before any training):
-      ValueError: a value out of its range, named; a ``target_epsilon`` that no sigma
-        up to dp-accounting's search limit reaches (the rate, steps and delta named).
+      ValueError: a value out of its range, named; `UnreachableTarget` (a ValueError)
+        for a ``target_epsilon`` that no sigma up to dp-accounting's search limit
+        reaches (the rate, steps and delta named).
 
     Examples:
       >>> sigma = fbp.privacy.noise_multiplier(3.0, 256 / 60000, 14062, 1e-5)
@@ -237,7 +244,7 @@ def noise_multiplier(
             tol=1e-4,
         )
     except dp_accounting.mechanism_calibration.NoBracketIntervalFoundError:
-        raise ValueError(
+        raise UnreachableTarget(
             f"Expected a target_epsilon the {accountant!r} accountant can reach, got "
             f"{target:g}: no noise multiplier up to dp-accounting's search limit gives "
             f"epsilon <= {target:g} at sample rate {sample_rate:g}, {steps} steps and delta "

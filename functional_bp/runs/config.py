@@ -726,27 +726,18 @@ def privacy_setting(config: Config, num_examples: Optional[int] = None) -> Priva
 
 def _calibrated(config: Config, q: float, n: int, steps_per_epoch: int) -> float:
     """`privacy.noise_multiplier` for target_epsilon over the whole run; a target no
-    sigma reaches is a `ValueError` naming target_epsilon (--target-epsilon) and what it
-    was asked at: the sample rate, the steps and delta (dp-accounting's own
-    ``NoBracketIntervalFoundError`` too, should it come through)."""
+    sigma reaches (`privacy.UnreachableTarget`) is a `ValueError` naming target_epsilon
+    (--target-epsilon) and what it was asked at: the sample rate, the steps and delta."""
     from functional_bp import privacy
 
     steps = config.epochs * steps_per_epoch
-    try:
-        import dp_accounting
-
-        unreachable: tuple = (dp_accounting.mechanism_calibration.NoBracketIntervalFoundError,)
-    except (ImportError, AttributeError):  # privacy.noise_multiplier names the extra
-        unreachable = ()
     try:
         return float(
             privacy.noise_multiplier(
                 config.target_epsilon, q, steps, config.delta, accountant=config.accountant
             )
         )
-    except (ValueError, *unreachable) as error:
-        if isinstance(error, ValueError) and "reach" not in str(error):
-            raise  # a value out of its range, named (`check` refuses those first)
+    except privacy.UnreachableTarget as error:
         raise ValueError(
             f"target_epsilon (--target-epsilon) {config.target_epsilon:g} cannot be reached: "
             f"the {config.accountant} accountant finds no noise multiplier (up to "

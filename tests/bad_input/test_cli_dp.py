@@ -138,26 +138,6 @@ def test_an_unattainable_target_epsilon_is_one_error_line(capsys, no_data, in_tm
     assert not (in_tmp / "h.json").exists()
 
 
-def test_dp_accountings_own_error_for_a_target_is_one_error_line_too(
-    capsys, no_data, in_tmp, monkeypatch
-):
-    """Should ``privacy.noise_multiplier`` let dp-accounting's exception through."""
-    import dp_accounting
-
-    from functional_bp import privacy
-
-    def unreachable(*args, **kwargs):
-        raise dp_accounting.mechanism_calibration.NoBracketIntervalFoundError("no bracket")
-
-    monkeypatch.setattr(privacy, "noise_multiplier", unreachable)
-    runs.privacy_setting.cache_clear()
-    argv = ["train", *DP, "--target-epsilon", "0.5", "--epochs", "3", "--no-progress"]
-    status, err = run(argv, capsys)
-    runs.privacy_setting.cache_clear()
-    assert_refused(status, err, "--target-epsilon")
-    assert "cannot be reached" in err and "NoBracketIntervalFoundError" not in err
-
-
 def test_several_processes_are_refused(monkeypatch):
     """One process trains a private run (`runs.check` under jax.distributed)."""
     monkeypatch.setattr(jax, "process_count", lambda: 2)
